@@ -1,0 +1,549 @@
+"""What pretrain.py, probe.py and finetune.py share, and nothing else.
+
+Encoded-dataset reader, batch augmentation, ViT build and weight loading, torchrun/DDP set-up,
+warmup + cosine schedule, atomic checkpoints, JSON-lines log, accuracy.
+"""
+import json
+import math
+import os
+import sys
+from functools import partial
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Default protocol of each dataset (DESIGN.md); used when --protocol is not given.
+DEFAULT_PROTOCOL = {'ntu60': 'xsub', 'ntu120': 'xsub', 'pku1': 'xsub', 'pku2': 'xsub',
+                    'ucla': 'xview', 'toyota': 'xsub'}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line pieces every training stage has (stage-specific hyperparameters stay in the stage)
+
+def add_data_args(parser, batch_size, epochs):
+    group = parser.add_argument_group('data (written by encode.py)')
+    group.add_argument('--data', default='synthetic',
+                       help='dataset name, or several joined by commas (universal pretraining, A.5)')
+    group.add_argument('--data-root', default='data', help='the --out of encode.py')
+    group.add_argument('--protocol', default=None, help='default: the dataset\'s standard protocol')
+    group.add_argument('--modality', default='joint', choices=['joint', 'bone', 'motion'])
+    group.add_argument('--batch-size', type=int, default=batch_size, help='global, split over processes')
+    group.add_argument('--epochs', type=int, default=epochs)
+    group.add_argument('--num-workers', type=int, default=2, help='data loader processes per rank')
+
+
+def add_run_args(parser, stage):
+    group = parser.add_argument_group('run')
+    group.add_argument('--model', default='vit_base_patch16', choices=list(MODELS))
+    group.add_argument('--init', default='imagenet' if stage == 'pretrain' else None,
+                       help="encoder weights to start from: 'imagenet' (timm hub), 'none', or a checkpoint path")
+    group.add_argument('--output-dir', default=None, help=f'default: runs/{stage}/{{data}}_{{protocol}}_{{modality}}_{{method}}')
+    group.add_argument('--resume', default=None, help="checkpoint.pth to continue from, or 'auto' for the output dir's")
+    group.add_argument('--seed', type=int, default=0)
+    group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    group.add_argument('--compile', action='store_true', help='torch.compile the model')
+    group.add_argument('--save-every', type=int, default=10, help='epochs between checkpoints')
+
+
+def add_augment_args(parser):
+    """The skeleton augmentation of A.2, used by pretraining, probing and fine-tuning alike."""
+    group = parser.add_argument_group('augmentation (A.2: flip, rotation, affine, Gaussian noise)')
+    group.add_argument('--aug-space', default='skeleton', choices=['skeleton', 'image', 'none'],
+                       help="'skeleton': exact transforms of the coordinates (channels); "
+                            "'image': the same names as image transforms of the picture; 'none': off")
+    group.add_argument('--flip-prob', type=float, default=0.5)
+    group.add_argument('--rotate', type=float, default=15.0, help='max rotation, degrees (per axis in skeleton space)')
+    group.add_argument('--scale', type=float, default=0.1, help='scale factor drawn from [1-s, 1+s]')
+    group.add_argument('--translate', type=float, default=0.1,
+                       help='max shift: coordinate units (skeleton) or fraction of the half image (image)')
+    group.add_argument('--noise-std', type=float, default=0.01, help='Gaussian noise, coordinate units')
+
+
+def output_dir(args, stage, method):
+    if args.output_dir:
+        return args.output_dir
+    name = f"{args.data.replace(',', '+')}_{args.protocol or 'default'}_{args.modality}_{method}"
+    return os.path.join('runs', stage, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun / DDP
+
+def init_distributed(device_arg):
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python X.py` is a world of one."""
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', 0))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    if device_arg == 'cuda' and not torch.cuda.is_available():
+        sys.exit('--device cuda: no CUDA device is visible')
+    use_cuda = device_arg == 'cuda' or (device_arg == 'auto' and torch.cuda.is_available())
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if use_cuda else 'gloo', rank=rank, world_size=world_size)
+    return rank, world_size, device
+
+
+def cleanup_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value):
+    """Mean of a tensor over ranks (no-op in a world of one)."""
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def gather_by_index(values, indices, num_samples):
+    """Reassemble per-rank eval outputs in dataset order.
+
+    DistributedSampler deals samples round-robin and pads the last round with repeats, so every
+    rank holds the same count; gather them all and place each row at its sample index.
+    """
+    if dist.is_initialized():
+        world = dist.get_world_size()
+        all_values = [torch.empty_like(values) for _ in range(world)]
+        all_indices = [torch.empty_like(indices) for _ in range(world)]
+        dist.all_gather(all_values, values)
+        dist.all_gather(all_indices, indices)
+        values, indices = torch.cat(all_values), torch.cat(all_indices)
+    out = values.new_zeros((num_samples,) + tuple(values.shape[1:]))
+    out[indices] = values
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoded data (the contract in DESIGN.md)
+
+def resolve_protocol(data_root, data, protocol):
+    """--protocol if given, else the only protocol encoded, else the dataset's standard one."""
+    if protocol:
+        return protocol
+    folder = os.path.join(data_root, data)
+    encoded = sorted(p for p in os.listdir(folder)) if os.path.isdir(folder) else []
+    if len(encoded) == 1:
+        return encoded[0]
+    return DEFAULT_PROTOCOL.get(data, encoded[0] if encoded else 'default')
+
+
+def load_meta(data_root, data, protocol):
+    path = os.path.join(data_root, data, protocol, 'meta.json')
+    if not os.path.isfile(path):
+        sys.exit(f'{path}: not found; encode the dataset first: python encode.py --data {data} --out {data_root}')
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_split(data_root, data, protocol, split, modality):
+    """Paths and labels of one encoded split: (images_path, labels (N,) int64, names)."""
+    folder = os.path.join(data_root, data, protocol)
+    images_path = os.path.join(folder, f'{split}_{modality}.npy')
+    if not os.path.isfile(images_path):
+        sys.exit(f'{images_path}: not found; encode it with: python encode.py --data {data} --modality {modality}')
+    labels = np.load(os.path.join(folder, f'{split}_labels.npy'))
+    with open(os.path.join(folder, f'{split}_names.txt')) as f:
+        names = f.read().splitlines()
+    shape = np.load(images_path, mmap_mode='r').shape
+    if len(shape) != 4 or shape[1] != 3 or shape[0] != len(labels) or len(names) != len(labels):
+        sys.exit(f'{images_path}: expected (N, 3, S, S) with N = {len(labels)} labels and names, found {shape}')
+    return images_path, labels, names
+
+
+class S2IDataset(torch.utils.data.Dataset):
+    """Encoded S2I images of one or more splits, read batch-wise from memory maps.
+
+    A batch is one sorted fancy-index read per file instead of B small reads, and the maps are
+    opened lazily so that worker processes each open their own.
+    """
+
+    def __init__(self, images_paths, labels_list, subset=None):
+        self.images_paths = list(images_paths)
+        self.labels = np.concatenate(labels_list).astype(np.int64)
+        self.offsets = np.cumsum([0] + [len(labels) for labels in labels_list])
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        self.maps = None
+
+    def __len__(self):
+        return len(self.labels) if self.subset is None else len(self.subset)
+
+    def __getitems__(self, positions):
+        if self.maps is None:
+            self.maps = [np.load(path, mmap_mode='r') for path in self.images_paths]
+        positions = np.asarray(positions, dtype=np.int64)
+        indices = positions if self.subset is None else self.subset[positions]
+        order = np.argsort(indices, kind='stable')        # one ascending read per file
+        positions, indices = positions[order], indices[order]
+        file_of = np.searchsorted(self.offsets, indices, side='right') - 1
+        images = np.empty((len(indices),) + self.maps[0].shape[1:], dtype=np.float16)
+        for f in np.unique(file_of):
+            rows = file_of == f
+            images[rows] = self.maps[f][indices[rows] - self.offsets[f]]
+        return torch.from_numpy(images), torch.from_numpy(self.labels[indices]), torch.from_numpy(positions)
+
+    def __getitem__(self, position):
+        images, labels, positions = self.__getitems__([position])
+        return images[0], labels[0], positions[0]
+
+
+def _keep_batch(batch):
+    return batch
+
+
+def make_loader(dataset, batch_size, train, num_workers, seed, device):
+    """A DataLoader over this rank's share; returns (loader, sampler) so callers can set_epoch.
+
+    DistributedSampler is used in a world of one too: the global batch order then depends on the
+    seed and epoch only, so resumed and multi-process runs see the same batches.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                  shuffle=train, seed=seed, drop_last=train)
+    drop_last = train and len(sampler) >= batch_size   # keep one short batch on a tiny dataset
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
+        collate_fn=_keep_batch, pin_memory=device.type == 'cuda',
+        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+    return loader, sampler
+
+
+def channel_stats(meta, modality, device):
+    """Per-channel mean and std of the train split, shaped to broadcast over (N, 3, S, S)."""
+    stats = meta['stats'][modality]
+    mean = torch.tensor(stats['mean'], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(stats['std'], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std.clamp_min(1e-6)
+
+
+def is_planar(meta):
+    """2D keypoint formats carry (x, y, score): only x and y are geometry."""
+    with open(os.path.join(HERE, 'joints.yaml')) as f:
+        formats = yaml.safe_load(f)
+    return formats.get(meta['format'], {}).get('channels', ['x', 'y', 'z'])[2] == 'score'
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation, on whole batches on the device, in raw coordinates (before normalisation)
+
+def random_rotation(n, max_degrees, planar, device):
+    """(n, 3, 3) rotations: about z only for 2D keypoints, else about x, then y, then z."""
+    angles = (torch.rand(n, 3, device=device) * 2 - 1) * math.radians(max_degrees)
+    if planar:
+        angles[:, :2] = 0
+    cos, sin = angles.cos(), angles.sin()
+    one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
+    rx = torch.stack([one, zero, zero, zero, cos[:, 0], -sin[:, 0], zero, sin[:, 0], cos[:, 0]], 1)
+    ry = torch.stack([cos[:, 1], zero, sin[:, 1], zero, one, zero, -sin[:, 1], zero, cos[:, 1]], 1)
+    rz = torch.stack([cos[:, 2], -sin[:, 2], zero, sin[:, 2], cos[:, 2], zero, zero, zero, one], 1)
+    return rz.view(n, 3, 3) @ ry.view(n, 3, 3) @ rx.view(n, 3, 3)
+
+
+def augment(images, modality, args, planar=False):
+    """Flip, rotation, affine scale/translate and Gaussian noise (A.2) on a batch (N, 3, S, S).
+
+    Skeleton space: S2I interpolation is linear, so rotating/scaling every joint is the same 3x3
+    matrix applied to every pixel's channels, and a flip mirrors x. Translation moves positions
+    only: bone and motion are differences and do not change. Image space: the picture itself is
+    flipped left-right and warped, as an image pipeline would.
+    """
+    if args.aug_space == 'none':
+        return images
+    n, device = images.shape[0], images.device
+    flip = torch.rand(n, device=device) < args.flip_prob
+    scale = 1 + (torch.rand(n, device=device) * 2 - 1) * args.scale
+    if args.aug_space == 'skeleton':
+        matrix = random_rotation(n, args.rotate, planar, device)                 # (N, 3, 3)
+        axis_scale = 1 + (torch.rand(n, 3, device=device) * 2 - 1) * args.scale
+        mirror = torch.ones(n, 3, device=device)
+        mirror[:, 0] = torch.where(flip, -1.0, 1.0)
+        if planar:  # the score channel is not geometry
+            axis_scale[:, 2] = 1
+            matrix[:, 2, :], matrix[:, :, 2] = 0, 0
+            matrix[:, 2, 2] = 1
+        matrix = matrix * (axis_scale * mirror)[:, None, :]                     # R @ diag(scale * mirror)
+        images = torch.einsum('nij,njhw->nihw', matrix, images)
+        if modality == 'joint' and args.translate > 0:
+            shift = (torch.rand(n, 3, 1, 1, device=device) * 2 - 1) * args.translate
+            if planar:
+                shift[:, 2] = 0
+            images = images + shift
+    else:
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+        angle = (torch.rand(n, device=device) * 2 - 1) * math.radians(args.rotate)
+        shift = (torch.rand(n, 2, device=device) * 2 - 1) * args.translate
+        theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), shift[:, 0]], 1),
+                             torch.stack([angle.sin(), angle.cos(), shift[:, 1]], 1)], 1)
+        theta[:, :, :2] /= scale[:, None, None]                                    # (N, 2, 3)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+        images = F.grid_sample(images, grid, mode='bilinear', padding_mode='border', align_corners=True)
+    if args.noise_std > 0:
+        noise = torch.randn_like(images) * args.noise_std
+        if planar:
+            noise[:, 2] = 0
+        images = images + noise
+    return images
+
+
+def prepare_batch(batch, device, mean, std, modality, args, planar, train):
+    """float16 batch from the loader -> augmented (train only), normalised float32 on the device."""
+    images, labels, positions = batch
+    images = images.to(device, non_blocking=True).float()
+    labels = labels.to(device, non_blocking=True)
+    if train:
+        images = augment(images, modality, args, planar)
+    return (images - mean) / std, labels, positions.to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision transformers (timm blocks and key names) and their weights
+
+# name -> (embed_dim, depth, num_heads); all use 16x16 patches and MLP ratio 4.
+MODELS = {
+    'vit_base_patch16': (768, 12, 12),
+    'vit_small_patch16': (384, 12, 6),
+    'vit_tiny_patch16': (192, 12, 3),
+    'vit_test': (32, 2, 2),
+}
+# ImageNet weights per model: MAE's ViT-B (the paper's start), timm's default tag otherwise.
+IMAGENET_WEIGHTS = {
+    'vit_base_patch16': 'vit_base_patch16_224.mae',
+    'vit_small_patch16': 'vit_small_patch16_224',
+    'vit_tiny_patch16': 'vit_tiny_patch16_224',
+}
+PATCH_SIZE = 16
+
+
+def build_encoder(model, img_size=224, num_classes=0, drop_path_rate=0.0):
+    """timm VisionTransformer with a class token; its state_dict keys are timm's."""
+    from timm.models.vision_transformer import VisionTransformer
+    embed_dim, depth, num_heads = MODELS[model]
+    encoder = VisionTransformer(
+        img_size=img_size, patch_size=PATCH_SIZE, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+        mlp_ratio=4, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_classes=num_classes, global_pool='token', drop_path_rate=drop_path_rate)
+    with torch.no_grad():
+        encoder.pos_embed.copy_(sincos_pos_embed(embed_dim, img_size // PATCH_SIZE, cls_token=True))
+    return encoder
+
+
+def sincos_pos_embed(dim, grid_size, cls_token=False):
+    """Fixed 2D sin-cos position embedding (1, [1 +] L, dim), rows = time, columns = joints.
+
+    Half the channels encode the column and half the row, in MAE's order, so that ImageNet MAE
+    weights see the positions they were trained with. The class token gets zeros.
+    """
+    def one_axis(positions, half):                                   # (L,) -> (L, half)
+        omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) / (half // 2))
+        angles = positions[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], 1)
+
+    rows, cols = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64),
+                                torch.arange(grid_size, dtype=torch.float64), indexing='ij')
+    embed = torch.cat([one_axis(cols.flatten(), dim // 2), one_axis(rows.flatten(), dim // 2)], 1)
+    if cls_token:
+        embed = torch.cat([torch.zeros(1, dim, dtype=torch.float64), embed])
+    return embed.float().unsqueeze(0)
+
+
+def unwrap(model):
+    """The bare module under DDP and torch.compile wrappers."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+
+def encoder_state_dict(state):
+    """Encoder weights in timm key names from any checkpoint layout we accept.
+
+    Accepts {'model': ...} (official MAE, ours), {'state_dict': ...}, a bare state_dict, and the
+    prefixes DDP ('module.'), torch.compile ('_orig_mod.') and our pretrain model ('encoder.') add.
+    Returns (encoder_state, dropped) where dropped lists decoder and classifier keys.
+    """
+    for key in ('model', 'state_dict', 'module'):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    encoder, dropped = {}, []
+    for name, value in state.items():
+        for prefix in ('module.', '_orig_mod.', 'encoder.'):
+            name = name[len(prefix):] if name.startswith(prefix) else name
+        if name.startswith(('decoder', 'mask_token', 'head.', 'fc_norm.')) or not torch.is_tensor(value):
+            dropped.append(name)
+        else:
+            encoder[name] = value
+    return encoder, dropped
+
+
+def load_encoder_weights(encoder, init, model, log=print):
+    """Load --init into a timm ViT: 'none', 'imagenet' (timm hub) or a checkpoint path.
+
+    Position embeddings are resampled when the patch grid differs; a shape mismatch or a missing
+    encoder weight is an error (wrong --model), decoder and classifier keys are reported.
+    """
+    if init in (None, 'none'):
+        return
+    if init == 'imagenet':
+        if model not in IMAGENET_WEIGHTS:
+            sys.exit(f'--init imagenet: no ImageNet weights for --model {model}; use --init none or a path')
+        import timm
+        hub_name = IMAGENET_WEIGHTS[model]
+        try:
+            state = timm.create_model(hub_name, pretrained=True, num_classes=0).state_dict()
+        except Exception as error:
+            offline_file = 'mae_pretrain_vit_base.pth (official MAE)' if model == 'vit_base_patch16' else f'{hub_name} weights'
+            sys.exit(f"--init imagenet: could not download timm weights '{hub_name}' ({type(error).__name__}); "
+                     f"download {offline_file} on a machine with internet and pass --init PATH")
+        source = hub_name
+    else:
+        if not os.path.isfile(init):
+            sys.exit(f'--init {init}: no such file (expected imagenet, none or a checkpoint path)')
+        try:
+            state = torch.load(init, map_location='cpu', weights_only=True)
+        except Exception as error:
+            sys.exit(f'--init {init}: not a readable torch checkpoint ({type(error).__name__}: {error})')
+        source = init
+    state, dropped = encoder_state_dict(state)
+    target = encoder.state_dict()
+    if 'pos_embed' in state and state['pos_embed'].shape != target['pos_embed'].shape:
+        from timm.layers import resample_abs_pos_embed
+        grid = int(math.isqrt(target['pos_embed'].shape[1] - 1))
+        state['pos_embed'] = resample_abs_pos_embed(state['pos_embed'], new_size=(grid, grid), num_prefix_tokens=1)
+        log(f'{source}: position embedding resampled to a {grid}x{grid} grid')
+    for name, value in state.items():
+        if name in target and value.shape != target[name].shape:
+            sys.exit(f"{source}: '{name}' has shape {tuple(value.shape)} but --model {model} expects "
+                     f"{tuple(target[name].shape)}: the checkpoint is for another architecture")
+    missing = [k for k in target if k not in state and not k.startswith(('head.', 'fc_norm.'))]
+    if missing:
+        sys.exit(f'{source}: {len(missing)} encoder weights missing for --model {model} '
+                 f'(first: {missing[:3]}): the checkpoint is for another architecture')
+    result = encoder.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        log(f'{source}: ignored {len(result.unexpected_keys)} unexpected keys: {result.unexpected_keys[:5]}')
+    if dropped:
+        log(f'{source}: ignored {len(dropped)} decoder/classifier keys (e.g. {dropped[:3]})')
+    log(f'{source}: loaded {len(state) - len(result.unexpected_keys)} encoder tensors')
+
+
+def save_encoder(path, encoder, meta):
+    """encoder.pth: the encoder alone, timm key names, loadable with strict=True (num_classes=0)."""
+    state = {k: v.detach().cpu() for k, v in unwrap(encoder).state_dict().items()
+             if not k.startswith(('head.', 'fc_norm.'))}
+    atomic_save({'model': state, 'meta': meta}, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation
+
+NO_WEIGHT_DECAY = ('token', 'pos_embed')  # cls_token, mask_token, pos_embed, decoder_pos_embed
+
+
+def param_groups(model, weight_decay, lr_scale_of=None):
+    """AdamW groups: no decay on norms, biases, tokens and position embeddings.
+
+    lr_scale_of(name) -> float gives each parameter an lr multiplier (layer-wise decay); the
+    schedule multiplies every group's lr by its 'lr_scale'.
+    """
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim > 1 and not name.endswith(NO_WEIGHT_DECAY)
+        scale = lr_scale_of(name) if lr_scale_of else 1.0
+        key = (decay, scale)
+        if key not in groups:
+            groups[key] = {'params': [], 'weight_decay': weight_decay if decay else 0.0, 'lr_scale': scale}
+        groups[key]['params'].append(param)
+    return list(groups.values())
+
+
+def lr_at(step, total_steps, warmup_steps, base_lr, min_lr=0.0):
+    """Per-iteration linear warmup from 0, then half-cycle cosine down to min_lr (MAE's schedule)."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group['lr'] = lr * group.get('lr_scale', 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and logs
+
+def atomic_save(obj, path):
+    """torch.save to a temporary name, then rename: a killed run never leaves a half file."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.tmp'
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state():
+    state = {'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+def resume_path(resume, out_dir):
+    """--resume auto -> the output dir's checkpoint if one exists; a path must exist."""
+    if resume is None:
+        return None
+    path = os.path.join(out_dir, 'checkpoint.pth') if resume == 'auto' else resume
+    if os.path.isfile(path):
+        return path
+    if resume == 'auto':
+        return None
+    sys.exit(f'--resume {resume}: no such checkpoint')
+
+
+def load_checkpoint(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def log_jsonl(path, record):
+    with open(path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def write_json(path, obj):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy
+
+def accuracy(logits, labels, ks=(1, 5)):
+    """Top-k accuracy in percent for each k (k capped at the number of classes)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices      # (N, k)
+    hits = top == labels[:, None]
+    return {f'top{k}': hits[:, :k].any(1).float().mean().item() * 100 for k in ks}
+
+
+def per_class_accuracy(predictions, labels, num_classes):
+    """Accuracy in percent of each class (None for a class absent from the labels)."""
+    correct = torch.bincount(labels[predictions == labels], minlength=num_classes).tolist()
+    total = torch.bincount(labels, minlength=num_classes).tolist()
+    return [100 * c / t if t else None for c, t in zip(correct, total)]
