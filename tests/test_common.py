@@ -1,0 +1,137 @@
+"""common.py: the reader, augmentation, schedule, optimiser groups and metrics the stages share."""
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from fixtures import write_encoded
+
+torch.set_num_threads(1)
+
+
+def augment_args(**overrides):
+    args = dict(aug_space='skeleton', flip_prob=0.0, rotate=0.0, scale=0.0, translate=0.0, noise_std=0.0)
+    args.update(overrides)
+    return argparse.Namespace(**args)
+
+
+def test_rotations_are_proper_and_bounded():
+    torch.manual_seed(0)
+    rotation = common.random_rotation(64, 15.0, planar=False, device='cpu')           # (64, 3, 3)
+    eye = torch.eye(3).expand(64, 3, 3)
+    assert torch.allclose(rotation @ rotation.transpose(1, 2), eye, atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rotation), torch.ones(64), atol=1e-5)
+    # each elementary angle is at most 15 degrees, so the total rotation is at most 3 x 15
+    total_angle = torch.arccos(((rotation.diagonal(dim1=1, dim2=2).sum(1) - 1) / 2).clamp(-1, 1))
+    assert total_angle.max() <= math.radians(45) + 1e-4
+    planar = common.random_rotation(16, 15.0, planar=True, device='cpu')
+    assert torch.allclose(planar[:, 2], torch.tensor([0.0, 0.0, 1.0]).expand(16, 3))
+
+
+def test_skeleton_flip_mirrors_x_only():
+    images = torch.randn(4, 3, 8, 8)
+    out = common.augment(images, 'joint', augment_args(flip_prob=1.0))
+    assert torch.equal(out[:, 0], -images[:, 0])
+    assert torch.equal(out[:, 1:], images[:, 1:])
+
+
+def test_skeleton_rotation_acts_on_channels_of_every_pixel():
+    """Rotating coordinates keeps each pixel's vector length and is the same map for every pixel."""
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 6, 6)
+    out = common.augment(images, 'bone', augment_args(rotate=30.0))
+    assert torch.allclose(out.norm(dim=1), images.norm(dim=1), atol=1e-5)
+    for n in range(2):
+        pixels, rotated = images[n].reshape(3, -1), out[n].reshape(3, -1)           # (3, P)
+        matrix = rotated @ torch.linalg.pinv(pixels)                                 # one 3x3 for all pixels
+        assert torch.allclose(matrix @ pixels, rotated, atol=1e-4)
+        assert not torch.allclose(matrix, torch.eye(3), atol=1e-3)
+
+
+def test_translation_moves_joints_but_not_bones_or_motion():
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, 5, 5)
+    joint = common.augment(images, 'joint', augment_args(translate=0.5))
+    shift = joint - images
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)   # constant per sample/channel
+    assert shift.abs().max() <= 0.5 and shift.abs().max() > 0
+    for modality in ('bone', 'motion'):
+        assert torch.equal(common.augment(images, modality, augment_args(translate=0.5)), images)
+
+
+def test_image_space_flip_reverses_the_joint_axis():
+    images = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    out = common.augment(images, 'joint', augment_args(aug_space='image', flip_prob=1.0))
+    assert torch.allclose(out, images.flip(3), atol=1e-4)
+
+
+def test_dataset_reads_batches_across_files_in_order(tmp_path):
+    write_encoded(tmp_path, data='a', num_classes=2, train_per_class=3, size=16)
+    write_encoded(tmp_path, data='b', num_classes=3, train_per_class=2, size=16, seed=5)
+    paths, labels = [], []
+    for data in ('a', 'b'):
+        path, split_labels, _ = common.read_split(tmp_path, data, 'xsub', 'train', 'joint')
+        paths.append(path)
+        labels.append(split_labels)
+    arrays = [np.load(p) for p in paths]
+    dataset = common.S2IDataset(paths, labels, subset=[7, 0, 10, 4])
+    images, batch_labels, positions = dataset.__getitems__([2, 0, 3])
+    # subset positions 2, 0, 3 -> global rows 10, 7, 4, read in ascending row order 4, 7, 10
+    assert positions.tolist() == [3, 0, 2]
+    assert batch_labels.tolist() == [labels[0][4], labels[1][1], labels[1][4]]
+    assert torch.equal(images[0], torch.from_numpy(arrays[0][4]))
+    assert torch.equal(images[1], torch.from_numpy(arrays[1][1]))
+    assert torch.equal(images[2], torch.from_numpy(arrays[1][4]))
+
+
+def test_read_split_names_the_missing_file(tmp_path):
+    write_encoded(tmp_path, modalities=('joint',))
+    with pytest.raises(SystemExit, match='test_bone.npy'):
+        common.read_split(tmp_path, 'synthetic', 'xsub', 'test', 'bone')
+
+
+def test_gather_by_index_restores_dataset_order():
+    values = torch.tensor([[3.0], [1.0], [2.0]])
+    assert common.gather_by_index(values, torch.tensor([2, 0, 1]), 3).flatten().tolist() == [1.0, 2.0, 3.0]
+
+
+def test_warmup_then_cosine():
+    assert common.lr_at(0, 110, 10, 1.0) == 0.0
+    assert common.lr_at(5, 110, 10, 1.0) == pytest.approx(0.5)
+    assert common.lr_at(10, 110, 10, 1.0) == pytest.approx(1.0)
+    assert common.lr_at(60, 110, 10, 1.0) == pytest.approx(0.5)            # half way down the cosine
+    assert common.lr_at(35, 110, 10, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert common.lr_at(110, 110, 10, 1.0, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_norms_biases_tokens_and_positions():
+    encoder = common.build_encoder('vit_test', img_size=32)
+    groups = common.param_groups(encoder, 0.05)
+    names = {id(p): n for n, p in encoder.named_parameters()}
+    undecayed = {names[id(p)] for g in groups if g['weight_decay'] == 0 for p in g['params']}
+    decayed = {names[id(p)] for g in groups if g['weight_decay'] == 0.05 for p in g['params']}
+    assert {'cls_token', 'pos_embed', 'blocks.0.norm1.weight', 'blocks.0.attn.qkv.bias', 'norm.bias'} <= undecayed
+    assert {'patch_embed.proj.weight', 'blocks.1.mlp.fc1.weight'} <= decayed
+    assert not undecayed & decayed
+
+
+def test_sincos_position_embedding_layout():
+    embed = common.sincos_pos_embed(8, 3, cls_token=True)                    # (1, 1 + 9, 8)
+    assert embed.shape == (1, 10, 8)
+    assert torch.equal(embed[0, 0], torch.zeros(8))
+    # patch (row 1, col 2): first half encodes the column, second half the row: [sin, sin, cos, cos]
+    col, row = 2.0, 1.0
+    expected = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100),
+                math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
+    assert torch.allclose(embed[0, 1 + 1 * 3 + 2], torch.tensor(expected), atol=1e-6)
+
+
+def test_accuracy_and_per_class():
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.7, 0.2], [0.6, 0.3, 0.1]])
+    labels = torch.tensor([0, 1, 1, 2])
+    # top-1 predictions 0, 2, 1, 0 -> 2 of 4 right; top-2 sets {0,1}, {2,1}, {1,2}, {0,1} -> 3 of 4
+    assert common.accuracy(logits, labels, ks=(1, 2)) == {'top1': 50.0, 'top2': 75.0}
+    assert common.per_class_accuracy(logits.argmax(1), labels, 4) == [100.0, 50.0, 0.0, None]
