@@ -1,0 +1,1070 @@
+"""
+Skeleton-to-Image Encoding (S2I): raw skeleton datasets -> (3, S, S) images on disk.
+
+    python encode.py --data synthetic --out data                       # the demo, no download
+    python encode.py --data ucla --root all_sqe --out data --workers 4 --preview 4
+    python encode.py --data ntu60 --root nturgb+d_skeletons --protocol xview --out data
+    python encode.py --data npz --input NTU60_CS.npz --format ntu25 --name ntu60 --protocol xsub
+
+S2I (paper Sec. 3.1): joints are reordered by body part (spine, left arm, right arm, left leg, right
+leg; joints.yaml), the T x J x C sequence becomes a C x T x J map (x, y, z -> R, G, B) and is resized
+to S x S by linear interpolation along T and along J separately (align_corners=True).
+Preprocessing (Sec. 4.2, SGN): padding frames dropped, the whole sequence translated by the first
+frame's centre joint, a frame with two people split into two consecutive single-person frames.
+Streams: joint, bone (joint - parent), motion (frame t+1 - frame t, last frame zero).
+
+Output ({out}/{name}/{protocol}/, see DESIGN.md): {split}_{modality}.npy float16 (N, 3, S, S),
+{split}_labels.npy int64, {split}_names.txt, meta.json (written last: its presence = complete).
+Imports nothing but numpy, pyyaml and the standard library.
+"""
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import os
+import pickle
+import re
+import struct
+import sys
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+JOINTS_FILE = HERE / 'joints.yaml'
+PARTS = ('spine', 'left_arm', 'right_arm', 'left_leg', 'right_leg')  # S2I order (Sec. 3.1)
+MODALITIES = ('joint', 'bone', 'motion')
+SPLITS = ('train', 'test')
+
+# dataset -> (joints.yaml format, protocols; the first is the default)
+DATASETS = {
+    'ntu60': ('ntu25', ('xsub', 'xview')),
+    'ntu120': ('ntu25', ('xsub', 'xset')),
+    'pku1': ('ntu25', ('xsub',)),
+    'pku2': ('ntu25', ('xsub',)),
+    'ucla': ('ucla20', ('xview',)),
+    'toyota': ('toyota13', ('xsub', 'xview1')),
+    'synthetic': ('ntu25', ('default',)),
+    'npz': (None, None),  # generic inputs: --input FILE --format KEY
+    'pkl': (None, None),
+    'npy': (None, None),
+}
+
+# official protocol lists
+NTU60_XSUB_TRAIN = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
+NTU120_XSUB_TRAIN = NTU60_XSUB_TRAIN | {
+    45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86, 89,
+    91, 92, 93, 94, 95, 97, 98, 100, 103}
+NTU60_XVIEW_TRAIN_CAMERAS = {2, 3}
+TOYOTA_XSUB_TRAIN = {3, 4, 6, 7, 9, 12, 13, 15, 17, 19, 25}  # Das et al. 2019
+TOYOTA_XVIEW1 = {1: 'train', 2: 'test'}  # camera 5 is validation in the official CV1: not used
+UCLA_XVIEW = {1: 'train', 2: 'train', 3: 'test'}
+NUM_CLASSES = dict(ntu60=60, ntu120=120, pku1=51, ucla=10)  # others: from the labels (or class names)
+NTU_MISSING_LISTS = ('NTU_RGBD_samples_with_missing_skeletons.txt',
+                     'NTU_RGBD120_samples_with_missing_skeletons.txt')
+
+
+class EncodeError(Exception):
+    """Bad input: the message names the file and what was expected; main() turns it into one line."""
+
+    def __init__(self, where, what):
+        super().__init__(f'{where}: {what}')
+        self.where, self.what = str(where), what
+
+
+# ----------------------------------------------------------------------------------------------
+# joints.yaml
+
+def load_formats(joints_file=None):
+    """All formats of a joints.yaml file, validated, with index arrays added:
+    order (joint indices in S2I order), parent (per joint), centre_idx, flip_idx."""
+    path = Path(joints_file) if joints_file else JOINTS_FILE
+    if not path.is_file():
+        raise EncodeError(path, 'joints file not found (expected a YAML file of skeleton formats)')
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise EncodeError(path, f'not valid YAML ({str(e).splitlines()[0]})')
+    if not isinstance(raw, dict) or not raw:
+        raise EncodeError(path, 'expected a mapping of format name -> {joints, parts, bones, ...}')
+    return {key: _validate_format(path, key, spec) for key, spec in raw.items()}
+
+
+def _validate_format(path, key, spec):
+    where = f'{path} [{key}]'
+    if not isinstance(spec, dict):
+        raise EncodeError(where, 'expected a mapping with joints, parts, bones, flip_pairs, centre, channels')
+    for field in ('joints', 'parts', 'bones', 'centre', 'channels'):
+        if field not in spec:
+            raise EncodeError(where, f"missing field '{field}'")
+    joints = [str(j) for j in spec['joints']]
+    index = {name: i for i, name in enumerate(joints)}
+    if len(index) != len(joints):
+        raise EncodeError(where, 'joint names must be unique')
+
+    def idx(name, field):
+        if name not in index:
+            raise EncodeError(where, f"{field}: unknown joint '{name}' (not in joints)")
+        return index[name]
+
+    parts = spec['parts']
+    if not isinstance(parts, dict) or list(parts) != list(PARTS):
+        raise EncodeError(where, f'parts must be exactly {list(PARTS)} in this order, got {list(parts or [])}')
+    order = [idx(n, f'parts.{p}') for p in PARTS for n in parts[p]]
+    seen = {}
+    for p in PARTS:
+        for n in parts[p]:
+            if n in seen:
+                raise EncodeError(where, f"joint '{n}' is in part {seen[n]} and in part {p} (each joint in exactly one part)")
+            seen[n] = p
+    missing = [n for n in joints if n not in seen]
+    if missing:
+        raise EncodeError(where, f'joints in no part: {missing} (every joint must be in exactly one part)')
+    parent = [-1] * len(joints)
+    for pair in spec['bones']:
+        child, par = idx(pair[0], 'bones'), idx(pair[1], 'bones')
+        if parent[child] != -1:
+            raise EncodeError(where, f"bones: joint '{pair[0]}' has two parents")
+        parent[child] = par
+    if -1 in parent:
+        raise EncodeError(where, f'bones: no parent for {[joints[i] for i, p in enumerate(parent) if p == -1]} '
+                                 '(every joint needs one; the root is its own parent)')
+    flip = [(idx(a, 'flip_pairs'), idx(b, 'flip_pairs')) for a, b in spec.get('flip_pairs') or []]
+    centre = [idx(n, 'centre') for n in spec['centre']]
+    if not centre:
+        raise EncodeError(where, 'centre: expected at least one joint')
+    if len(spec['channels']) != 3:
+        raise EncodeError(where, f"channels: expected 3 names (x, y, z or x, y, score), got {spec['channels']}")
+    return dict(name=key, joints=joints, parts={p: list(parts[p]) for p in PARTS}, channels=list(spec['channels']),
+                order=np.array(order), parent=np.array(parent), centre_idx=np.array(centre),
+                flip_idx=np.array(flip, dtype=np.int64).reshape(-1, 2), num_joints=len(joints))
+
+
+@functools.lru_cache(maxsize=8)
+def _formats_cached(joints_file):
+    return load_formats(joints_file)
+
+
+def get_format(fmt, joints_file=None):
+    """A format dict: `fmt` is already one (returned as is) or a joints.yaml key."""
+    if isinstance(fmt, dict):
+        return fmt
+    formats = _formats_cached(str(joints_file) if joints_file else None)
+    if fmt not in formats:
+        raise EncodeError(f'--format {fmt}', f'unknown skeleton format (expected one of {sorted(formats)} '
+                                             f'in {joints_file or JOINTS_FILE})')
+    return formats[fmt]
+
+
+# ----------------------------------------------------------------------------------------------
+# S2I
+
+@functools.lru_cache(maxsize=4096)
+def interp_matrix(n_in, n_out):
+    """(n_out, n_in) linear-interpolation matrix, align_corners=True: output i samples input position
+    i * (n_in - 1) / (n_out - 1), so the first/last rows hit the first/last input exactly; a single
+    input is repeated."""
+    m = np.zeros((n_out, n_in), np.float32)
+    if n_in == 1:
+        m[:, 0] = 1.0
+        return m
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 2)
+    w = (pos - lo).astype(np.float32)
+    rows = np.arange(n_out)
+    m[rows, lo] = 1.0 - w
+    m[rows, lo + 1] += w
+    m.setflags(write=False)
+    return m
+
+
+def s2i(sequence, fmt, size=224, joints_file=None):
+    """Skeleton-to-Image: sequence (T, J, C) in source joint order -> (C, size, size) float32.
+    Joints reordered by body part, (x, y, z) -> channels, rows = frames, columns = joints, both axes
+    resized independently by linear interpolation with align_corners=True."""
+    fmt = get_format(fmt, joints_file)
+    x = np.asarray(sequence, np.float32)
+    if x.ndim != 3 or x.shape[1] != fmt['num_joints'] or x.shape[0] < 1:
+        raise EncodeError('s2i', f"expected a (T, {fmt['num_joints']}, C) sequence for {fmt['name']}, got {x.shape}")
+    t, j, c = x.shape
+    x = x[:, fmt['order'], :]                                  # body-part order
+    rows = interp_matrix(t, size) @ x.reshape(t, j * c)        # (S, J*C): time axis
+    rows = rows.reshape(size, j, c).transpose(2, 0, 1)         # (C, S, J)
+    return np.ascontiguousarray(rows @ interp_matrix(j, size).T)  # (C, S, S): joint axis
+
+
+# ----------------------------------------------------------------------------------------------
+# preprocessing and streams
+
+def preprocess(bodies, fmt, two_person='interleave', where='sample'):
+    """Raw (M, T, J, C) or (T, J, C) skeletons -> one (T', J, C) float32 sequence (paper Sec. 4.2, SGN).
+
+    - padding frames (all bodies all zero) are dropped; an all-zero body in a frame is absent;
+    - two (or more) people: 'interleave' (default, SGN / the paper: a frame holding two people becomes
+      two consecutive single-person frames: body0 t, body1 t, body0 t+1, ...; single-person frames
+      stay as they are), 'concat' (all frames of body0, then all frames of body1), 'first' (body0
+      only; frames where only body1 is present are dropped);
+    - the whole sequence is translated by the mean of the centre joints (joints.yaml) of its first frame.
+    """
+    fmt = get_format(fmt)
+    x = np.asarray(bodies, np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[2] != fmt['num_joints'] or x.shape[3] != 3:
+        raise EncodeError(where, f"expected skeletons of {fmt['num_joints']} joints x 3 values ({fmt['name']}), "
+                                 f"got array of shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise EncodeError(where, 'NaN or inf coordinates (expected finite numbers)')
+    present = np.abs(x).sum(axis=(2, 3)) > 0                   # (M, T)
+    if two_person == 'first':
+        frames = x[0][present[0]]
+    elif two_person == 'concat':
+        frames = np.concatenate([x[m][present[m]] for m in range(x.shape[0])])
+    elif two_person == 'interleave':
+        tm = present.T                                         # (T, M): frame-major order
+        frames = x.transpose(1, 0, 2, 3)[tm]
+    else:
+        raise EncodeError('--two-person', f"unknown mode '{two_person}' (expected interleave, concat or first)")
+    if len(frames) == 0:
+        raise EncodeError(where, 'no non-zero frames (expected at least one frame with a skeleton)')
+    centre = frames[0, fmt['centre_idx']].mean(axis=0)
+    return frames - centre
+
+
+def streams(seq, fmt, modalities=MODALITIES):
+    """joint / bone / motion streams of a preprocessed (T, J, C) sequence in source joint order."""
+    fmt = get_format(fmt)
+    out = {}
+    for m in modalities:
+        if m == 'joint':
+            out[m] = seq
+        elif m == 'bone':
+            out[m] = seq - seq[:, fmt['parent']]
+        elif m == 'motion':
+            mo = np.zeros_like(seq)
+            mo[:-1] = seq[1:] - seq[:-1]
+            out[m] = mo
+        else:
+            raise EncodeError('--modality', f"unknown modality '{m}' (expected joint, bone, motion or all)")
+    return out
+
+
+def encode_sequence(bodies, fmt, modalities=MODALITIES, size=224, two_person='interleave', where='sample'):
+    """Raw skeletons -> {modality: (3, size, size) float32}."""
+    seq = preprocess(bodies, fmt, two_person, where)
+    return {m: s2i(v, fmt, size) for m, v in streams(seq, fmt, modalities).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# readers: each returns raw skeletons (M, T, J, 3) float32 in source joint order
+
+def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
+    """NTU RGB+D 60/120 .skeleton text file -> (max_bodies, T, J, 3). The whole file is split into
+    one float array and walked per frame/body. Bodies are taken per frame slot (as st-gcn/CTR-GCN);
+    with more than max_bodies, the most active ones (largest sum of per-axis std over their non-zero
+    frames) are kept, in slot order."""
+    try:
+        v = np.array(Path(path).read_bytes().split(), dtype=np.float64)
+    except ValueError as e:
+        raise EncodeError(path, f'corrupt .skeleton file, expected numbers only ({e})')
+    try:
+        n_frames, i = int(v[0]), 1
+        if n_frames < 0:
+            raise IndexError
+        per_frame = []
+        for _ in range(n_frames):
+            nb = int(v[i]); i += 1
+            bodies = []
+            for _ in range(nb):
+                i += 10                                        # body info line
+                nj = int(v[i]); i += 1
+                if nj != num_joints:
+                    raise EncodeError(path, f'body with {nj} joints, expected {num_joints} (ntu25)')
+                if i + nj * 12 > len(v):
+                    raise IndexError
+                bodies.append(v[i:i + nj * 12].reshape(nj, 12)[:, :3])
+                i += nj * 12
+            per_frame.append(bodies)
+    except IndexError:
+        raise EncodeError(path, 'truncated .skeleton file (expected frame count, then per frame a body '
+                                'count, per body 10 info values, a joint count and 12 values per joint)')
+    slots = max((len(b) for b in per_frame), default=0)
+    if slots == 0:
+        raise EncodeError(path, 'no bodies in any frame (expected at least one skeleton)')
+    data = np.zeros((slots, n_frames, num_joints, 3), np.float32)
+    for t, bodies in enumerate(per_frame):
+        for m, b in enumerate(bodies):
+            data[m, t] = b
+    if slots > max_bodies:
+        energy = []
+        for m in range(slots):
+            s = data[m][np.abs(data[m]).sum(axis=(1, 2)) > 0]
+            energy.append(sum(s[:, :, c].std() for c in range(3)) if len(s) else 0.0)
+        keep = sorted(np.argsort(energy)[::-1][:max_bodies])
+        data = data[keep]
+    return data
+
+
+def parse_ntu_name(name):
+    """SsssCcccPpppRrrrAaaa -> dict(setup, camera, performer, replication, action)."""
+    m = re.match(r'S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})', name)
+    if not m:
+        raise EncodeError(name, 'NTU sample name, expected SsssCcccPpppRrrrAaaa')
+    return dict(zip(('setup', 'camera', 'performer', 'replication', 'action'), map(int, m.groups())))
+
+
+def ntu_split(name, dataset, protocol):
+    """Official NTU split of one sample name: 'train' or 'test'."""
+    info = parse_ntu_name(name)
+    if protocol == 'xsub':
+        train = info['performer'] in (NTU60_XSUB_TRAIN if dataset == 'ntu60' else NTU120_XSUB_TRAIN)
+    elif protocol == 'xview':
+        train = info['camera'] in NTU60_XVIEW_TRAIN_CAMERAS
+    elif protocol == 'xset':
+        train = info['setup'] % 2 == 0
+    else:
+        raise EncodeError(f'--protocol {protocol}', f'unknown protocol for {dataset}')
+    return 'train' if train else 'test'
+
+
+def read_ucla_json(path):
+    """NW-UCLA all_sqe JSON -> ((1, T, 20, 3), label 0-based)."""
+    d = _read_json(path)
+    if not isinstance(d, dict) or 'skeletons' not in d or 'label' not in d:
+        raise EncodeError(path, 'expected a JSON object with "skeletons" (T x 20 x 3) and "label" (1..10)')
+    x = _as_array(path, d['skeletons'], 'skeletons (T x 20 x 3)')
+    if x.ndim != 3 or x.shape[1:] != (20, 3):
+        raise EncodeError(path, f'skeletons of shape {x.shape}, expected T x 20 x 3 (ucla20)')
+    return x[None], int(d['label']) - 1
+
+
+def read_toyota_json(path, num_joints=13):
+    """Toyota Smarthome LCR-Net++ skeleton JSON -> (1, T, 13, 3).
+    Layout: {"njts": 13, "frames": [[{"pose3d": [3*13], "pose2d": [2*13], "cumscore": s}, ...], ...]}:
+    one list of detections per frame; pose3d is x0..x12, y0..y12, z0..z12 (LCR-Net output); a
+    nested 13 x 3 list is accepted too. Per frame the detection with the highest cumscore is kept;
+    frames without detection become padding (dropped)."""
+    d = _read_json(path)
+    if not isinstance(d, dict) or not isinstance(d.get('frames'), list):
+        raise EncodeError(path, 'expected a JSON object with "frames": per frame a list of {"pose3d": [39 values]}')
+    out = np.zeros((len(d['frames']), num_joints, 3), np.float32)
+    for t, dets in enumerate(d['frames']):
+        if isinstance(dets, dict):
+            dets = [dets]
+        if not dets:
+            continue
+        best = max(dets, key=lambda p: p.get('cumscore', 0.0) if isinstance(p, dict) else 0.0)
+        p = _as_array(path, best['pose3d'] if isinstance(best, dict) and 'pose3d' in best else None, 'pose3d')
+        if p.size != num_joints * 3:
+            raise EncodeError(path, f'frame {t}: pose3d with {p.size} values, expected {num_joints * 3} (toyota13)')
+        out[t] = p.reshape(3, num_joints).T if p.ndim == 1 else p.reshape(num_joints, 3)
+    return out[None]
+
+
+def parse_toyota_name(name):
+    m = re.match(r'(.+?)_p(\d+)_r(\d+)_v(\d+)_c(\d+)', name)
+    if not m:
+        raise EncodeError(name, 'Toyota sample name, expected Activity_pNN_rNN_vNN_cNN[_pose3d].json')
+    return dict(action=m.group(1), subject=int(m.group(2)), camera=int(m.group(5)))
+
+
+def read_pku_video(path):
+    """PKU-MMD skeleton txt (one line per frame: 150 values = 2 bodies x 25 joints x 3) -> (2, T, 25, 3)."""
+    try:
+        v = np.array(Path(path).read_bytes().split(), dtype=np.float32)
+    except ValueError as e:
+        raise EncodeError(path, f'corrupt skeleton file, expected 150 numbers per line ({e})')
+    if v.size == 0 or v.size % 150:
+        raise EncodeError(path, f'{v.size} values, expected 150 per frame (2 bodies x 25 joints x 3)')
+    return v.reshape(-1, 2, 25, 3).transpose(1, 0, 2, 3)
+
+
+def read_pku_labels(path):
+    """PKU-MMD label txt: lines 'action,start,end,confidence' -> list of (action, start, end)."""
+    out = []
+    for k, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        f = [s for s in re.split(r'[,\s]+', line.strip()) if s]
+        try:
+            out.append((int(f[0]), int(f[1]), int(f[2])))
+        except (ValueError, IndexError):
+            raise EncodeError(path, f"line {k + 1}: expected 'action,start,end,confidence', got {line.strip()!r}")
+    return out
+
+
+def read_pku_split(path):
+    """Official PKU-MMD split file ('Training videos:' line, then names; 'Validation videos:' (or the
+    file's own spelling 'Validataion'), then names; names separated by commas/spaces/newlines)."""
+    split, videos = None, {'train': set(), 'test': set()}
+    for line in Path(path).read_text().splitlines():
+        low = line.strip().lower()
+        if low.startswith('train'):
+            split, line = 'train', line.split(':', 1)[1] if ':' in line else ''
+        elif low.startswith(('valid', 'test')):
+            split, line = 'test', line.split(':', 1)[1] if ':' in line else ''
+        names = [s for s in re.split(r'[,\s]+', line.strip()) if s]
+        if names and split is None:
+            raise EncodeError(path, "expected a 'Training videos:' line before the video names")
+        if split:
+            videos[split].update(names)
+    if not videos['train'] or not videos['test']:
+        raise EncodeError(path, "expected 'Training videos:' and 'Validation videos:' lists of video names")
+    return videos
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise EncodeError(path, f'corrupt or truncated JSON ({e})')
+
+
+def _as_array(path, value, what):
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise EncodeError(path, f'{what}: expected a regular numeric array')
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic ntu25 motions (the demo and the tests)
+
+SYNTH_CLASSES = ('wave right arm', 'wave left arm', 'raise both arms', 'kick right leg', 'squat',
+                 'lean side to side')
+_STAND = {  # standing ntu25 skeleton in metres (x right, y up, z depth), 0-based joint index
+    0: (0, 0.95, 0), 1: (0, 1.2, 0), 20: (0, 1.42, 0), 2: (0, 1.5, 0), 3: (0, 1.65, 0),
+    4: (-0.18, 1.42, 0), 5: (-0.2, 1.15, 0), 6: (-0.22, 0.9, 0), 7: (-0.22, 0.82, 0), 21: (-0.22, 0.74, 0),
+    22: (-0.19, 0.82, 0.03), 8: (0.18, 1.42, 0), 9: (0.2, 1.15, 0), 10: (0.22, 0.9, 0), 11: (0.22, 0.82, 0),
+    23: (0.22, 0.74, 0), 24: (0.19, 0.82, 0.03), 12: (-0.1, 0.92, 0), 13: (-0.1, 0.5, 0),
+    14: (-0.1, 0.08, 0), 15: (-0.1, 0.03, 0.1), 16: (0.1, 0.92, 0), 17: (0.1, 0.5, 0),
+    18: (0.1, 0.08, 0), 19: (0.1, 0.03, 0.1)}
+_LEFT_ARM, _RIGHT_ARM = [5, 6, 7, 21, 22], [9, 10, 11, 23, 24]
+_RIGHT_LEG = [17, 18, 19]
+
+
+def _rotate_about(p, pivot, angle, axis):
+    """Rotate points p (..., 3) about pivot by angle (per frame, broadcast) around axis 'x' or 'z'."""
+    c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
+    d = p - pivot
+    out = d.copy()
+    if axis == 'z':
+        out[..., 0], out[..., 1] = c * d[..., 0] - s * d[..., 1], s * d[..., 0] + c * d[..., 1]
+    else:
+        out[..., 1], out[..., 2] = c * d[..., 1] - s * d[..., 2], s * d[..., 1] + c * d[..., 2]
+    return out + pivot
+
+
+def synthetic_sequence(label, seed):
+    """One procedurally generated ntu25 sample (1, T, 25, 3): a standing skeleton; the class decides
+    which limb moves and how (rhythm, amplitude); per-sample random speed, phase, body size, rotation
+    about the vertical axis, noise and length (40-120 frames)."""
+    rng = np.random.default_rng(seed)
+    t_len = int(rng.integers(40, 121))
+    base = np.array([_STAND[j] for j in range(25)], np.float32) * rng.uniform(0.85, 1.15)
+    x = np.repeat(base[None], t_len, 0)
+    t = np.arange(t_len) / 30.0
+    cycles = rng.uniform(0.8, 1.2) * (1.0, 1.0, 0.6, 0.7, 0.5, 0.4)[label]
+    phase = 2 * np.pi * cycles * t + rng.uniform(0, 2 * np.pi)
+    amp = rng.uniform(0.8, 1.2)
+    if label in (0, 1):                                       # wave: arm up, forearm swings fast
+        arm, sh = (_RIGHT_ARM, 8) if label == 0 else (_LEFT_ARM, 4)
+        sign = 1 if label == 0 else -1
+        x[:, arm] = _rotate_about(x[:, arm], x[:, sh:sh + 1], np.full(t_len, sign * 2.4), 'z')
+        x[:, arm[1:]] = _rotate_about(x[:, arm[1:]], x[:, arm[0]:arm[0] + 1], sign * 0.6 * amp * np.sin(phase), 'z')
+    elif label == 2:                                          # both arms up and down, slow
+        a = 1.3 * amp * (1 - np.cos(phase))
+        x[:, _RIGHT_ARM] = _rotate_about(x[:, _RIGHT_ARM], x[:, 8:9], a, 'z')
+        x[:, _LEFT_ARM] = _rotate_about(x[:, _LEFT_ARM], x[:, 4:5], -a, 'z')
+    elif label == 3:                                          # kick forward with the right leg
+        a = -0.8 * amp * np.maximum(0, np.sin(phase))
+        x[:, _RIGHT_LEG] = _rotate_about(x[:, _RIGHT_LEG], x[:, 16:17], a, 'x')
+    elif label == 4:                                          # squat: everything above the knees drops
+        drop = 0.25 * amp * (1 - np.cos(phase)) / 2
+        upper = [j for j in range(25) if j not in (13, 14, 15, 17, 18, 19)]
+        x[:, upper, 1] -= drop[:, None]
+        x[:, [13, 17], 1] -= drop[:, None] / 2
+        x[:, [13, 17], 2] += drop[:, None]
+    else:                                                     # lean side to side from the hips
+        upper = [j for j in range(25) if j not in (0, 12, 13, 14, 15, 16, 17, 18, 19)]
+        x[:, upper] = _rotate_about(x[:, upper], x[:, 0:1], 0.35 * amp * np.sin(phase), 'z')
+    yaw = rng.uniform(-0.35, 0.35)
+    c, s = np.cos(yaw), np.sin(yaw)
+    x[..., 0], x[..., 2] = c * x[..., 0] + s * x[..., 2], -s * x[..., 0] + c * x[..., 2]
+    x += rng.normal(0, 0.01, x.shape).astype(np.float32)
+    x += np.array([rng.uniform(-0.5, 0.5), 0, rng.uniform(2.5, 3.5)], np.float32)
+    return x[None].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# listing: every dataset is first listed as items (name, label, split, ref) so N is known before
+# any array is allocated; load_item(ref) reads one sample (in a worker process when --workers > 1).
+
+def _files(root, pattern, what):
+    root = Path(root)
+    if not root.exists():
+        raise EncodeError(root, f'--root does not exist (expected a directory of {what})')
+    files = sorted(root.rglob(pattern)) if root.is_dir() else []
+    if not files:
+        raise EncodeError(root, f'no {pattern} files found (expected a directory of {what})')
+    return files
+
+
+def list_ntu(args, skipped):
+    files = _files(args.root, '*.skeleton', 'NTU RGB+D .skeleton files')
+    ignore = set()
+    lists = [Path(args.ignore_list)] if args.ignore_list else \
+        [p for n in NTU_MISSING_LISTS for p in (Path(args.root) / n, Path(args.root).parent / n) if p.is_file()]
+    for p in lists:
+        if not p.is_file():
+            raise EncodeError(p, 'missing-skeleton list not found (expected one sample name per line)')
+        ignore |= {ln.strip() for ln in p.read_text().splitlines() if ln.strip()}
+    items = []
+    for f in files:
+        name = f.name.split('.')[0]
+        info = parse_ntu_name(name)
+        if args.data == 'ntu60' and (info['action'] > 60 or info['setup'] > 17):
+            continue                                           # NTU120-only sample in a shared folder
+        split = ntu_split(name, args.data, args.protocol)
+        if name in ignore:
+            skipped.append(dict(name=name, split=split, reason='missing skeleton (official list)'))
+            continue
+        items.append((name, info['action'] - 1, split, ('ntu', str(f))))
+    return items
+
+
+def list_pku(args, skipped):
+    root = Path(args.root)
+    if not root.is_dir():
+        raise EncodeError(root, '--root does not exist (expected PKU-MMD with skeleton/, label/ and the split file)')
+    dirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    skel = next((d for n, d in dirs.items() if 'skeleton' in n), None)
+    label = next((d for n, d in dirs.items() if 'label' in n), None)
+    split_file = Path(args.split_file) if args.split_file else \
+        next(iter(sorted(p for p in root.glob('*.txt') if 'cross' in p.name.lower() and 'sub' in p.name.lower())), None)
+    if skel is None or label is None:
+        raise EncodeError(root, 'expected sub-directories skeleton/ (per-video .txt) and label/ (per-video .txt)')
+    if split_file is None or not split_file.is_file():
+        raise EncodeError(root, 'no cross-subject split file (expected cross-subject.txt in --root or --split-file)')
+    videos = read_pku_split(split_file)
+    items = []
+    for f in _files(skel, '*.txt', 'PKU-MMD skeleton .txt files'):
+        vid = f.stem
+        split = 'train' if vid in videos['train'] else 'test' if vid in videos['test'] else None
+        if split is None:
+            continue
+        lab = label / f.name
+        if not lab.is_file():
+            skipped.append(dict(name=vid, split=split, reason=f'no label file {lab}'))
+            continue
+        for k, (action, start, end) in enumerate(read_pku_labels(lab)):
+            items.append((f'{vid}_{k:03d}_A{action:03d}', action - 1, split, ('pku', str(f), start, end)))
+    return items
+
+
+def list_ucla(args, skipped):
+    items = []
+    for f in _files(args.root, '*.json', 'NW-UCLA all_sqe .json files (aAA_sSS_eEE_vVV.json)'):
+        m = re.match(r'a(\d+)_s(\d+)_e(\d+)_v(\d+)', f.stem)
+        if not m:
+            raise EncodeError(f, 'NW-UCLA file name, expected aAA_sSS_eEE_vVV.json')
+        split = UCLA_XVIEW.get(int(m.group(4)))
+        if split:
+            items.append((f.stem, None, split, ('ucla', str(f))))  # label is read from the file
+    return items
+
+
+def list_toyota(args, skipped):
+    items = []
+    for f in _files(args.root, '*.json', 'Toyota Smarthome skeleton .json files (Activity_pNN_rNN_vNN_cNN_pose3d.json)'):
+        info = parse_toyota_name(f.stem)
+        if args.protocol == 'xsub':
+            split = 'train' if info['subject'] in TOYOTA_XSUB_TRAIN else 'test'
+        else:
+            split = TOYOTA_XVIEW1.get(info['camera'])
+        if split:
+            items.append((f.stem.replace('_pose3d', ''), info['action'], split, ('toyota', str(f))))
+    # classes: the activities present in both splits of the protocol (31 for xsub, 19 for xview1)
+    classes = sorted({i[1] for i in items if i[2] == 'train'} & {i[1] for i in items if i[2] == 'test'})
+    index = {c: k for k, c in enumerate(classes)}
+    out = []
+    for name, action, split, ref in items:
+        if action in index:
+            out.append((name, index[action], split, ref))
+        else:
+            skipped.append(dict(name=name, split=split, reason=f"activity '{action}' not in both splits of {args.protocol}"))
+    args.class_names = classes
+    return out
+
+
+def list_synthetic(args, skipped):
+    items = []
+    for split, per_class in (('train', args.synthetic_train), ('test', args.synthetic_test)):
+        for i in range(per_class * len(SYNTH_CLASSES)):
+            label = i % len(SYNTH_CLASSES)
+            seed = args.seed * 1_000_003 + (0 if split == 'train' else 500_000) + i
+            items.append((f'{split}_{i:05d}', label, split, ('synthetic', label, seed)))
+    args.class_names = list(SYNTH_CLASSES)
+    return items
+
+
+def list_generic(args, skipped):
+    path = Path(args.input or '')
+    if not args.input or not path.is_file():
+        raise EncodeError(path, f'--input not found (expected a .{args.data} file)')
+    fmt = get_format(args.format, args.joints)
+    if args.data == 'npz':
+        src = _open_source(('npz', str(path), fmt['num_joints']))
+        items = []
+        for split in SPLITS:
+            x, y = src[f'x_{split}'], src[f'y_{split}']
+            if len(x) != len(y):
+                raise EncodeError(path, f'x_{split} has {len(x)} samples, y_{split} {len(y)} (expected equal)')
+            labels = np.argmax(y, 1) if y.ndim == 2 else y.astype(np.int64)
+            items += [(f'{split}_{i:06d}', int(labels[i]), split, ('npz', str(path), fmt['num_joints'], split, i))
+                      for i in range(len(x))]
+        return items
+    if args.data == 'pkl':
+        if not args.trust_pickle:
+            raise EncodeError(path, 'refusing to unpickle: loading a .pkl can execute arbitrary code; pass '
+                                    '--trust-pickle only for files from a source you trust')
+        d = _open_source(('pkl', str(path)))
+        prefixes = [k[:-6] for k in d['split'] if k.endswith('_train')]
+        proto = args.protocol if args.protocol != 'default' else (prefixes[0] if prefixes else 'default')
+        args.protocol = proto
+        names = {split: d['split'].get(f'{proto}_train' if split == 'train' else f'{proto}_val',
+                                       d['split'].get(f'{proto}_test')) for split in SPLITS}
+        if names['train'] is None or names['test'] is None:
+            raise EncodeError(path, f"split has no '{proto}_train' and '{proto}_val'/'{proto}_test' (keys: {sorted(d['split'])})")
+        index = {a['frame_dir']: k for k, a in enumerate(d['annotations'])}
+        items = []
+        for split in SPLITS:
+            for n in names[split]:
+                if n not in index:
+                    skipped.append(dict(name=n, split=split, reason='in split but not in annotations'))
+                    continue
+                items.append((n, int(d['annotations'][index[n]]['label']), split, ('pkl', str(path), index[n])))
+        return items
+    # npy: (N, T, J, C) or (N, M, T, J, C) + --labels (N,); split: --split (N,) of 0/1 or 'train'/'test'
+    x = _open_source(('npy', str(path)))
+    if not args.labels or not Path(args.labels).is_file():
+        raise EncodeError(args.labels or '--labels', 'labels not found (expected a .npy of N integer labels)')
+    labels = np.load(args.labels)
+    if labels.shape != (len(x),):
+        raise EncodeError(args.labels, f'{labels.shape} labels, expected ({len(x)},) for {path}')
+    if args.split:
+        s = np.load(args.split)
+        if s.shape != (len(x),):
+            raise EncodeError(args.split, f'split of shape {s.shape}, expected ({len(x)},)')
+        is_test = (s == 'test') if s.dtype.kind in 'US' else s.astype(bool)
+    else:  # no split given: deterministic hold-out, every 5th sample (index % 5 == 4) is test
+        is_test = np.arange(len(x)) % 5 == 4
+    return [(f'{i:06d}', int(labels[i]), 'test' if is_test[i] else 'train', ('npy', str(path), i))
+            for i in range(len(x))]
+
+
+LISTERS = dict(ntu60=list_ntu, ntu120=list_ntu, pku1=list_pku, pku2=list_pku, ucla=list_ucla,
+               toyota=list_toyota, synthetic=list_synthetic, npz=list_generic, pkl=list_generic,
+               npy=list_generic)
+
+_SOURCES = {}  # per-process cache of opened single-file sources (generic inputs) and the last PKU video
+
+
+def _open_source(key):
+    if key in _SOURCES:
+        return _SOURCES[key]
+    kind, path = key[0], key[1]
+    if kind == 'npy':
+        try:
+            src = np.load(path, mmap_mode='r')
+        except ValueError as e:
+            raise EncodeError(path, f'not a readable .npy array ({e})')
+        if src.ndim not in (4, 5):
+            raise EncodeError(path, f'array of shape {src.shape}, expected (N, T, J, C) or (N, M, T, J, C)')
+    elif kind == 'npz':
+        src = _open_npz(path)
+    elif kind == 'pkl':
+        with open(path, 'rb') as f:
+            try:
+                src = pickle.load(f)  # only reached with --trust-pickle
+            except Exception as e:
+                raise EncodeError(path, f'corrupt pickle ({type(e).__name__}: {e})')
+        if not isinstance(src, dict) or 'split' not in src or 'annotations' not in src:
+            raise EncodeError(path, "expected a pyskl dict with 'split' and 'annotations'")
+    else:  # pku video: keep only the last one (items of one video come in a row)
+        _SOURCES.clear()
+        src = read_pku_video(path)
+    _SOURCES[key] = src
+    return src
+
+
+def _open_npz(path):
+    """x_train/y_train/x_test/y_test of an .npz: members stored uncompressed are memory-mapped (no
+    RAM per sample); compressed ones have to be decompressed whole."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                name = info.filename[:-4]
+                if name not in ('x_train', 'y_train', 'x_test', 'y_test'):
+                    continue
+                if info.compress_type == zipfile.ZIP_STORED:
+                    with z.open(info) as f:
+                        version = np.lib.format.read_magic(f)
+                        shape, fortran, dtype = _read_header(f, version)
+                        header_len = f.tell()
+                    with open(path, 'rb') as raw:  # data offset = local header + name + extra + npy header
+                        raw.seek(info.header_offset + 26)
+                        n, e = struct.unpack('<HH', raw.read(4))
+                    offset = info.header_offset + 30 + n + e + header_len
+                    out[name] = np.memmap(path, dtype, 'r', offset, shape, 'F' if fortran else 'C')
+                else:
+                    with z.open(info) as f:
+                        out[name] = np.lib.format.read_array(f)
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise EncodeError(path, f'corrupt .npz ({e})')
+    missing = [k for k in ('x_train', 'y_train', 'x_test', 'y_test') if k not in out]
+    if missing:
+        raise EncodeError(path, f'missing arrays {missing} (expected x_train, y_train, x_test, y_test as CTR-GCN/SGN)')
+    return out
+
+
+def load_item(ref, num_joints):
+    """Raw skeletons (M, T, J, 3) and, for files that carry it, the label."""
+    kind = ref[0]
+    if kind == 'ntu':
+        return read_ntu_skeleton(ref[1], num_joints), None
+    if kind == 'ucla':
+        return read_ucla_json(ref[1])
+    if kind == 'toyota':
+        return read_toyota_json(ref[1], num_joints), None
+    if kind == 'pku':
+        video = _open_source(('pku', ref[1]))
+        seg = video[:, max(ref[2], 0):ref[3] + 1]           # label frames: [start, end], inclusive
+        if seg.shape[1] == 0:
+            raise EncodeError(ref[1], f'action {ref[2]}-{ref[3]} outside the video ({video.shape[1]} frames)')
+        return seg, None
+    if kind == 'synthetic':
+        return synthetic_sequence(ref[1], ref[2]), None
+    if kind == 'npz':
+        x = np.asarray(_open_source(('npz', ref[1], ref[2]))[f'x_{ref[3]}'][ref[4]], np.float32)
+        per_body = num_joints * 3
+        if x.ndim != 2 or x.shape[1] % per_body:
+            raise EncodeError(ref[1], f'x_{ref[3]} frames of {x.shape[1:]} values, expected a multiple of {per_body} (bodies x {num_joints} joints x 3)')
+        return x.reshape(x.shape[0], -1, num_joints, 3).transpose(1, 0, 2, 3), None
+    if kind == 'pkl':
+        a = _open_source(('pkl', ref[1]))['annotations'][ref[2]]
+        kp = np.asarray(a['keypoint'], np.float32)
+        if kp.ndim != 4:
+            raise EncodeError(ref[1], f"{a.get('frame_dir')}: keypoint of shape {kp.shape}, expected (M, T, V, C)")
+        if 'keypoint_score' in a and kp.shape[-1] == 2:
+            kp = np.concatenate([kp, np.asarray(a['keypoint_score'], np.float32)[..., None]], -1)
+        return _three_channels(kp), None
+    if kind == 'npy':
+        x = np.asarray(_open_source(('npy', ref[1]))[ref[2]], np.float32)
+        return _three_channels(x), None
+    raise EncodeError(str(ref), 'unknown item kind')
+
+
+def _three_channels(x):
+    if x.shape[-1] == 2:  # 2D without score: score channel = 1
+        x = np.concatenate([x, np.ones(x.shape[:-1] + (1,), np.float32)], -1)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding (one process or a pool) and writing
+
+_CTX = {}
+
+
+def _init_worker(ctx):
+    _CTX.clear()
+    _CTX.update(ctx)
+
+
+def _encode_item(item):
+    """Worker: item -> (name, label, {modality: float16 image} or None, error message or None)."""
+    name, label, split, ref = item
+    try:
+        bodies, file_label = load_item(ref, _CTX['fmt']['num_joints'])
+        imgs = encode_sequence(bodies, _CTX['fmt'], _CTX['modalities'], _CTX['size'], _CTX['two_person'],
+                               where=ref[1] if len(ref) > 1 else name)
+        return name, label if label is not None else file_label, {m: v.astype(np.float16) for m, v in imgs.items()}, None
+    except EncodeError as e:
+        return name, label, None, str(e)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        return name, label, None, f'{ref[1] if len(ref) > 1 else name}: unreadable sample ({type(e).__name__}: {e})'
+
+
+def encoded_stream(items, ctx, workers=1, window=256):
+    """Generator of (name, label, images | None, error | None), in the order of items. With workers
+    > 1 a process pool loads and encodes; items are submitted in windows so memory stays bounded."""
+    _init_worker(ctx)
+    if workers <= 1:
+        for it in items:
+            yield _encode_item(it)
+        return
+    with mp.get_context('spawn' if sys.platform == 'win32' else 'fork').Pool(workers, _init_worker, (ctx,)) as pool:
+        for k in range(0, len(items), window):
+            yield from pool.imap(_encode_item, items[k:k + window], chunksize=8)
+
+
+def _read_header(f, version):
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)
+
+
+def _tmp(path):
+    return path.with_name(f'.{path.name}.partial')
+
+
+def _shrink_npy(path, n):
+    """Cut a complete .npy file written for N rows down to its first n rows: the header is rewritten
+    in place (same length) and the file truncated."""
+    with open(path, 'r+b') as f:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = _read_header(f, version)
+        data_start = f.tell()
+        header = repr({'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': fortran,
+                       'shape': (n,) + tuple(shape[1:])})
+        prefix = 8 + (2 if version == (1, 0) else 4)
+        header = header.ljust(data_start - prefix - 1) + '\n'
+        f.seek(prefix)
+        f.write(header.encode('latin1'))
+        f.truncate(data_start + n * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+def progress(total, desc):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=1.0, disable=total < 200)
+    except ImportError:
+        return None
+
+
+def write_split(out_dir, split, stream, n, modalities, size, strict=False, skipped=None, show_progress=True,
+                remap_every=64):
+    """Consume a stream of (name, label, images | None, error | None) for one split and write
+    {split}_{modality}.npy (float16 memmaps, one sample at a time), {split}_labels.npy and
+    {split}_names.txt under temporary names (.NAME.partial). Returns (temp -> final paths, count,
+    per-modality [sum, sum of squares, pixels] per channel in float64)."""
+    out_dir = Path(out_dir)
+    skipped = [] if skipped is None else skipped
+    final = {m: out_dir / f'{split}_{m}.npy' for m in modalities}
+    arrays = {m: np.lib.format.open_memmap(_tmp(final[m]), 'w+', np.float16, (n, 3, size, size)) for m in modalities}
+    acc = {m: np.zeros((2, 3), np.float64) for m in modalities}
+    labels, names, k = [], [], 0
+    bar = progress(n, split) if show_progress else None
+    t0 = last = time.time()
+    for name, label, imgs, err in stream:
+        if err is not None:
+            if strict:
+                raise EncodeError(err.split(': ', 1)[0], err.split(': ', 1)[-1])
+            skipped.append(dict(name=name, split=split, reason=err))
+        else:
+            if k >= n:
+                raise EncodeError(name, f'more samples than the {n} listed for {split}')
+            for m in modalities:
+                arrays[m][k] = imgs[m]
+                v = imgs[m].reshape(3, -1).astype(np.float32)
+                acc[m][0] += v.sum(1, dtype=np.float64)
+                acc[m][1] += np.square(v).sum(1, dtype=np.float64)
+            labels.append(int(label))
+            names.append(name)
+            k += 1
+            if k % remap_every == 0:  # unmap written pages so the resident set stays bounded
+                for m in modalities:
+                    arrays[m].flush()
+                    arrays[m] = np.load(_tmp(final[m]), mmap_mode='r+')
+        if bar is not None:
+            bar.update(1)
+        elif show_progress and time.time() - last > 5:
+            last = time.time()
+            print(f'encode.py: {split} {k}/{n} ({k / (last - t0):.0f}/s)', file=sys.stderr)
+    if bar is not None:
+        bar.close()
+    for m in modalities:
+        arrays[m].flush()
+        del arrays[m]
+        if k < n:
+            _shrink_npy(_tmp(final[m]), k)
+    moves = {_tmp(f): f for f in final.values()}
+    lab = out_dir / f'{split}_labels.npy'
+    with open(_tmp(lab), 'wb') as f:
+        np.save(f, np.array(labels, np.int64))
+    nam = out_dir / f'{split}_names.txt'
+    _tmp(nam).write_text(''.join(f'{s}\n' for s in names))
+    moves.update({_tmp(lab): lab, _tmp(nam): nam})
+    stats = {m: dict(sum=acc[m][0], sumsq=acc[m][1], pixels=k * size * size) for m in modalities}
+    return moves, k, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# previews: a tiny PNG writer (zlib + struct), no image library needed
+
+def write_png(path, rgb):
+    """rgb: (H, W, 3) uint8 -> 8-bit RGB PNG."""
+    h, w, _ = rgb.shape
+    raw = b''.join(b'\x00' + rgb[i].tobytes() for i in range(h))
+
+    def chunk(tag, data):
+        return struct.pack('>I', len(data)) + tag + data + struct.pack('>I', zlib.crc32(tag + data) & 0xffffffff)
+    png = b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + \
+        chunk(b'IDAT', zlib.compress(raw, 6)) + chunk(b'IEND', b'')
+    Path(path).write_bytes(png)
+
+
+def to_uint8(img):
+    """(3, S, S) -> (S, S, 3) uint8, each channel min-max scaled to 0-255."""
+    x = np.asarray(img, np.float64)
+    lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+    x = (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return np.round(x * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def write_previews(out_dir, k, modalities):
+    """K train samples per modality as PNGs and one grid (rows: samples, columns: modalities)."""
+    pdir = Path(out_dir) / 'preview'
+    pdir.mkdir(exist_ok=True)
+    names = (Path(out_dir) / 'train_names.txt').read_text().split()
+    rows = []
+    for i in range(min(k, len(names))):
+        tiles = []
+        for m in modalities:
+            img = to_uint8(np.load(Path(out_dir) / f'train_{m}.npy', mmap_mode='r')[i])
+            write_png(pdir / f'{i:02d}_{names[i]}_{m}.png', img)
+            tiles += [img, np.full((img.shape[0], 4, 3), 255, np.uint8)]
+        rows += [np.concatenate(tiles[:-1], 1), np.full((4, sum(t.shape[1] for t in tiles[:-1]), 3), 255, np.uint8)]
+    if rows:
+        write_png(pdir / 'grid.png', np.concatenate(rows[:-1], 0))
+
+
+# ----------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser('S2I encoding: skeleton datasets -> (3, S, S) images', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group('data')
+    g.add_argument('--data', default='synthetic',
+                   help='ntu60 | ntu120 | pku1 | pku2 | ucla | toyota | synthetic | npz | pkl | npy')
+    g.add_argument('--root', default=None, help='dataset directory (layouts: README)')
+    g.add_argument('--protocol', default=None, help='ntu60: xsub|xview, ntu120: xsub|xset, pku: xsub, '
+                                                    'ucla: xview, toyota: xsub|xview1 (default: the first)')
+    g.add_argument('--ignore-list', default=None, help='NTU missing-skeleton list (default: the official '
+                                                       'file if found in --root or its parent)')
+    g.add_argument('--split-file', default=None, help='PKU-MMD cross-subject split file (default: '
+                                                      '*cross*sub*.txt in --root)')
+    g = p.add_argument_group('generic inputs (--data npz|pkl|npy)')
+    g.add_argument('--input', default=None, help='CTR-GCN/SGN .npz, pyskl .pkl or (N, T, J, C) .npy')
+    g.add_argument('--format', default=None, help='joints.yaml key of the input skeletons')
+    g.add_argument('--labels', default=None, help='.npy: N integer labels (0-based)')
+    g.add_argument('--split', default=None, help='.npy: N of 0/1 or train/test (default: every 5th sample is test)')
+    g.add_argument('--trust-pickle', action='store_true', help='allow unpickling --input .pkl (can run code)')
+    g.add_argument('--name', default=None, help='output dataset name (default: --data)')
+    g = p.add_argument_group('encoding')
+    g.add_argument('--modality', default='all', choices=('joint', 'bone', 'motion', 'all'),
+                   help='streams to write (default all three)')
+    g.add_argument('--size', type=int, default=224, help='image side S (224: ViT-B/16 input)')
+    g.add_argument('--two-person', default='interleave', choices=('interleave', 'concat', 'first'),
+                   help='interleave: SGN / paper Sec. 4.2 (two-person frame -> two frames)')
+    g.add_argument('--joints', default=None, help='skeleton formats file (default joints.yaml beside encode.py)')
+    g.add_argument('--synthetic-train', type=int, default=60, help='synthetic: train samples per class')
+    g.add_argument('--synthetic-test', type=int, default=20, help='synthetic: test samples per class')
+    g.add_argument('--seed', type=int, default=0, help='synthetic data seed')
+    g = p.add_argument_group('output')
+    g.add_argument('--out', default='data', help='output root: {out}/{name}/{protocol}/')
+    g.add_argument('--workers', type=int, default=1, help='processes that parse and encode')
+    g.add_argument('--preview', type=int, default=0, help='write K train samples as PNG per modality')
+    g.add_argument('--strict', action='store_true', help='a corrupt sample is fatal instead of skipped')
+    g.add_argument('--quiet', action='store_true', help='no progress output')
+    return p.parse_args(argv)
+
+
+def encode(args):
+    """The whole run for parsed args; raises EncodeError on bad input. Returns meta.json's dict."""
+    t0 = time.time()
+    if args.data not in DATASETS:
+        raise EncodeError(f'--data {args.data}', f'unknown dataset (expected one of {", ".join(DATASETS)})')
+    fmt_key, protocols = DATASETS[args.data]
+    if fmt_key is None:
+        if not args.format:
+            raise EncodeError(f'--data {args.data}', 'generic input needs --format KEY (a joints.yaml format)')
+        fmt_key, protocols = args.format, None
+        args.protocol = args.protocol or 'default'
+    else:
+        if args.data != 'synthetic' and not args.root:
+            raise EncodeError(f'--data {args.data}', '--root is required (the dataset directory)')
+        args.protocol = args.protocol or protocols[0]
+        if args.protocol not in protocols:
+            raise EncodeError(f'--protocol {args.protocol}', f'unknown protocol for {args.data} (expected one of {list(protocols)})')
+    fmt = get_format(fmt_key, args.joints)
+    modalities = list(MODALITIES) if args.modality == 'all' else [args.modality]
+    args.class_names = None
+    skipped = []
+    items = LISTERS[args.data](args, skipped)                  # may set args.protocol (pkl), class_names
+    out_dir = Path(args.out) / (args.name or args.data) / args.protocol
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = out_dir / 'meta.json'
+    if meta_path.exists():
+        meta_path.unlink()                                     # the old output is no longer complete
+    ctx = dict(fmt=fmt, modalities=modalities, size=args.size, two_person=args.two_person)
+    counts, stats, moves = {}, {}, {}
+    try:
+        for split in SPLITS:
+            split_items = [it for it in items if it[2] == split]
+            if not split_items:
+                raise EncodeError(args.root or args.input or args.data, f'no {split} samples for protocol {args.protocol}')
+            stream = encoded_stream(split_items, ctx, args.workers)
+            mv, counts[split], stats[split] = write_split(out_dir, split, stream, len(split_items), modalities,
+                                                          args.size, args.strict, skipped, not args.quiet)
+            moves.update(mv)
+            if counts[split] == 0:
+                first = next(s['reason'] for s in skipped if s['split'] == split)
+                raise EncodeError(args.root or args.input, f'no valid {split} samples (first error: {first})')
+        for tmp, final in moves.items():
+            os.replace(tmp, final)
+    finally:
+        for tmp in list(moves) + [_tmp(out_dir / f'{s}_{m}.npy') for s in SPLITS for m in modalities]:
+            if Path(tmp).exists():
+                Path(tmp).unlink()
+    labels = np.concatenate([np.load(out_dir / f'{s}_labels.npy') for s in SPLITS])
+    num_classes = len(args.class_names) if args.class_names else \
+        max(NUM_CLASSES.get(args.data, 0), int(labels.max()) + 1)
+    mean, std = {}, {}
+    for m in modalities:
+        s = stats['train'][m]
+        mu = s['sum'] / s['pixels']
+        mean[m] = mu.tolist()
+        std[m] = np.sqrt(np.maximum(s['sumsq'] / s['pixels'] - mu * mu, 0.0)).tolist()
+    if args.preview:
+        write_previews(out_dir, args.preview, modalities)
+    elapsed = time.time() - t0
+    meta = dict(dataset=args.name or args.data, source=args.data, format=fmt['name'], protocol=args.protocol,
+                num_classes=num_classes, class_names=args.class_names, size=args.size, modalities=modalities,
+                channels=fmt['channels'], counts=counts, mean=mean, std=std, skipped=skipped,
+                two_person=args.two_person, seconds=round(elapsed, 2),
+                args={k: v for k, v in vars(args).items() if k != 'class_names'})
+    tmp = _tmp(meta_path)
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)                                 # last: its presence means complete
+    if not args.quiet:
+        n = sum(counts.values())
+        print(f'encode.py: {out_dir}: train {counts["train"]}, test {counts["test"]}, {num_classes} classes, '
+              f'{len(skipped)} skipped, {n / elapsed:.0f} samples/s', file=sys.stderr)
+    return meta
+
+
+def main(args):
+    try:
+        return encode(args)
+    except EncodeError as e:
+        sys.exit(f'encode.py: {e}')
+
+
+if __name__ == '__main__':
+    main(get_args())
