@@ -13,9 +13,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Default protocol of each dataset (DESIGN.md); used when --protocol is not given.
 DEFAULT_PROTOCOL = {'ntu60': 'xsub', 'ntu120': 'xsub', 'pku1': 'xsub', 'pku2': 'xsub',
@@ -221,17 +218,14 @@ def make_loader(dataset, batch_size, train, num_workers, seed, device):
 
 def channel_stats(meta, modality, device):
     """Per-channel mean and std of the train split, shaped to broadcast over (N, 3, S, S)."""
-    stats = meta['stats'][modality]
-    mean = torch.tensor(stats['mean'], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(stats['std'], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(meta['mean'][modality], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta['std'][modality], dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return mean, std.clamp_min(1e-6)
 
 
 def is_planar(meta):
     """2D keypoint formats carry (x, y, score): only x and y are geometry."""
-    with open(os.path.join(HERE, 'joints.yaml')) as f:
-        formats = yaml.safe_load(f)
-    return formats.get(meta['format'], {}).get('channels', ['x', 'y', 'z'])[2] == 'score'
+    return meta.get('channels', ['x', 'y', 'z'])[2] == 'score'
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def write_encoded(root, data='synthetic', protocol='xsub', num_classes=4, train_
     """Write {root}/{data}/{protocol}/ like encode.py does; returns that folder."""
     folder = os.path.join(root, data, protocol)
     os.makedirs(folder, exist_ok=True)
-    counts, stats = {}, {}
+    counts, mean, std = {}, {}, {}
     for split_index, (split, per_class) in enumerate([('train', train_per_class), ('test', test_per_class)]):
         labels = np.repeat(np.arange(num_classes), per_class).astype(np.int64)
         np.save(os.path.join(folder, f'{split}_labels.npy'), labels)
@@ -37,9 +37,10 @@ def write_encoded(root, data='synthetic', protocol='xsub', num_classes=4, train_
             images = easy_images(labels, size, seed + 10 * split_index + m) * (m + 1)
             np.save(os.path.join(folder, f'{split}_{modality}.npy'), images.astype(np.float16))
             if split == 'train':
-                stats[modality] = {'mean': images.mean((0, 2, 3)).tolist(), 'std': images.std((0, 2, 3)).tolist()}
+                mean[modality], std[modality] = images.mean((0, 2, 3)).tolist(), images.std((0, 2, 3)).tolist()
     meta = {'dataset': data, 'format': format, 'protocol': protocol, 'num_classes': num_classes,
-            'size': size, 'counts': counts, 'stats': stats, 'skipped': [], 'args': {}}
+            'size': size, 'modalities': list(modalities), 'channels': ['x', 'y', 'z'], 'counts': counts,
+            'mean': mean, 'std': std, 'skipped': [], 'args': {}}
     with open(os.path.join(folder, 'meta.json'), 'w') as f:
         json.dump(meta, f)
     return folder
