@@ -1,0 +1,260 @@
+"""Linear probing of a frozen S2I encoder (paper Sec. 4.2, A.3, Table 13).
+
+    python probe.py --data ntu60 --protocol xsub --init runs/pretrain/ntu60_xsub_joint_diffmae/encoder.pth
+    torchrun --nproc_per_node 8 probe.py --data ntu60 --init ENCODER.pth
+    python probe.py --data ntu60 --init ENCODER.pth --cache-features     # fast variant, no augmentation
+
+The encoder is frozen (eval mode, no gradients); its class token after the final norm is the
+feature. The head is BatchNorm without affine parameters followed by a linear layer (MAE's
+linear-probe head), trained with SGD + Nesterov momentum, warmup then per-iteration cosine.
+
+Learning rate: --lr is the absolute learning rate at the global batch size (4.2: "an initial
+learning rate of 0.2" at batch 128). --blr instead scales with the batch: lr = blr * batch / 256.
+
+Run directory (DESIGN.md): checkpoint.pth, log.jsonl, result.json, test_logits.npy, test_labels.npy,
+test_names.txt, confusion.png. The reporting helpers at the bottom of this file (evaluation in
+dataset order, result files, confusion image) are shared with finetune.py.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+import common
+
+
+def get_args(argv=None):
+    parser = argparse.ArgumentParser(description='Linear probing of a frozen S2I encoder (Table 13)')
+    common.add_data_args(parser, batch_size=128, epochs=100)             # Table 13: batch 128, 100 epochs
+    common.add_run_args(parser, stage='probe')
+    group = parser.add_argument_group('optimisation (Table 13)')
+    group.add_argument('--lr', type=float, default=0.2,                  # Table 13 / 4.2: 0.2
+                       help='absolute learning rate at the global batch size')
+    group.add_argument('--blr', type=float, default=None,
+                       help='base learning rate instead of --lr: lr = blr * batch / 256 (MAE convention)')
+    group.add_argument('--momentum', type=float, default=0.9)            # Table 13: 0.9, Nesterov (4.2)
+    group.add_argument('--weight-decay', type=float, default=0.0)        # Table 13: 0
+    group.add_argument('--warmup-epochs', type=int, default=10)          # Table 13: 10
+    group.add_argument('--min-lr', type=float, default=0.0)
+    group = parser.add_argument_group('evaluation and speed')
+    group.add_argument('--eval-every', type=int, default=10, help='epochs between test evaluations (and at the end)')
+    group.add_argument('--print-every', type=int, default=50, help='iterations between progress lines')
+    group.add_argument('--cache-features', action='store_true',
+                       help='extract un-augmented train/test features once and train the head on them '
+                            '(much faster; drops the augmentation of Table 13)')
+    common.add_augment_args(parser)
+    args = parser.parse_args(argv)
+    if args.init is None:
+        sys.exit('probe.py needs --init: the pretrain run\'s encoder.pth '
+                 '(e.g. runs/pretrain/ntu60_xsub_joint_diffmae/encoder.pth), or imagenet / none')
+    return args
+
+
+def main(args):
+    rank, world, device = common.init_distributed(args.device)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    args.protocol = common.resolve_protocol(args.data_root, args.data, args.protocol)
+    method = 'cached' if args.cache_features else 'linear'
+    out_dir = common.output_dir(args, 'probe', method)
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    if args.batch_size % world:
+        sys.exit(f'--batch-size {args.batch_size} must divide over {world} processes')
+    batch_per_rank = args.batch_size // world
+    lr = args.blr * args.batch_size / 256 if args.blr is not None else args.lr
+
+    # ---- data
+    meta = common.load_meta(args.data_root, args.data, args.protocol)
+    num_classes = meta['num_classes']
+    mean, std = common.channel_stats(meta, args.modality, device)
+    planar = common.is_planar(meta)
+    train_path, train_labels, _ = common.read_split(args.data_root, args.data, args.protocol, 'train', args.modality)
+    test_path, test_labels, test_names = common.read_split(args.data_root, args.data, args.protocol, 'test', args.modality)
+    train_set = common.S2IDataset([train_path], [train_labels])
+    test_set = common.S2IDataset([test_path], [test_labels])
+    train_loader, train_sampler = common.make_loader(train_set, batch_per_rank, True, args.num_workers, args.seed, device)
+    test_loader, _ = common.make_loader(test_set, batch_per_rank, False, args.num_workers, args.seed, device)
+
+    # ---- model: frozen encoder + BatchNorm (no affine) + Linear head on the class token
+    torch.manual_seed(args.seed)
+    encoder = common.build_encoder(args.model, img_size=meta['size'])
+    common.load_encoder_weights(encoder, args.init, args.model, log=say)
+    encoder.to(device).eval()
+    for p in encoder.parameters():
+        p.requires_grad = False
+    head = make_probe_head(encoder.embed_dim, num_classes).to(device)
+    features_of = torch.compile(encoder) if args.compile else encoder
+    head_ddp = DistributedDataParallel(head) if world > 1 else head
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
+                                weight_decay=args.weight_decay)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+
+    def extract(images):
+        """(N, 3, S, S) -> (N, D) class-token features of the frozen encoder."""
+        with torch.no_grad(), torch.autocast(**amp):
+            return features_of(images).float()
+
+    # ---- optional feature cache: one pass over train and test, un-augmented, in dataset order
+    cache = None
+    if args.cache_features:
+        start = time.time()
+        cache = {'train': extract_all(extract, train_set, batch_per_rank, args, device, mean, std, planar),
+                 'test': extract_all(extract, test_set, batch_per_rank, args, device, mean, std, planar)}
+        cache['train_labels'] = torch.from_numpy(train_labels).to(device)
+        say(f'cached features: train {tuple(cache["train"].shape)}, test {tuple(cache["test"].shape)} '
+            f'in {time.time() - start:.1f}s')
+        steps_per_epoch = len(train_labels) // world // batch_per_rank or 1
+    else:
+        steps_per_epoch = len(train_loader)
+
+    # ---- resume
+    start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
+    path = common.resume_path(args.resume, out_dir)
+    if path:
+        state = common.load_checkpoint(path)
+        head.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        common.set_rng_state(state['rng'])
+        start_epoch, best = state['epoch'] + 1, state['best']
+        say(f'resumed from {path} at epoch {start_epoch}')
+    torch.manual_seed(args.seed + 1000 * rank + start_epoch)             # augmentation differs per rank
+
+    # ---- loop
+    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    say(f'probe {args.data}/{args.protocol}/{args.modality}: {len(train_labels)} train, {len(test_labels)} test, '
+        f'{num_classes} classes, lr {lr:g}, batch {args.batch_size} ({world} x {batch_per_rank}), {out_dir}')
+    metrics, epoch = None, start_epoch - 1
+    for epoch in range(start_epoch, args.epochs):
+        head.train()
+        epoch_start = time.time()
+        loss_sum, seen = torch.zeros((), device=device), 0
+        if cache is None:
+            train_sampler.set_epoch(epoch)
+            batches = train_loader
+        else:
+            batches = cached_batches(cache, epoch, args.seed, rank, world, batch_per_rank, steps_per_epoch)
+        for step, batch in enumerate(batches):
+            it = epoch * steps_per_epoch + step
+            common.set_lr(optimizer, common.lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
+            if cache is None:
+                images, labels, _ = common.prepare_batch(batch, device, mean, std, args.modality, args, planar, train=True)
+                features = extract(images)                                 # (B, D)
+            else:
+                features, labels = batch
+            loss = F.cross_entropy(head_ddp(features), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            seen += len(labels)
+            if step % args.print_every == 0:
+                say(f'epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} '
+                    f'lr {optimizer.param_groups[0]["lr"]:.4g} {seen * world / (time.time() - epoch_start):.0f} img/s')
+        epoch_time = time.time() - epoch_start
+        record = {'epoch': epoch, 'loss': common.all_reduce_mean(loss_sum / max(1, step + 1)).item(),
+                  'lr': optimizer.param_groups[0]['lr'], 'time': epoch_time,
+                  'images_per_s': seen * world / epoch_time}
+        last = epoch == args.epochs - 1
+        if (epoch + 1) % args.eval_every == 0 or last:
+            head.eval()
+            if cache is None:
+                logits = evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args, planar)
+            else:
+                with torch.no_grad():
+                    logits = head(cache['test']).float()                   # (N, C)
+            metrics = report(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args,
+                             settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes})
+            record['test_top1'] = metrics['top1']
+            say(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
+                f'(best {best["top1"]:.2f} at {best["epoch"]})')
+        if rank == 0:
+            common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
+            if (epoch + 1) % args.save_every == 0 or last:
+                common.atomic_save({'model': head.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
+                                    'args': vars(args), 'rng': common.rng_state(), 'best': best},
+                                   os.path.join(out_dir, 'checkpoint.pth'))
+    common.cleanup_distributed()
+    return metrics
+
+
+def make_probe_head(dim, num_classes):
+    """MAE's linear-probe head: BatchNorm without affine (feature whitening) + Linear (std 0.01)."""
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(dim, affine=False, eps=1e-6), torch.nn.Linear(dim, num_classes))
+    torch.nn.init.trunc_normal_(head[1].weight, std=0.01)
+    torch.nn.init.zeros_(head[1].bias)
+    return head
+
+
+def extract_all(extract, dataset, batch_per_rank, args, device, mean, std, planar):
+    """Un-augmented features (N, D) of a whole dataset, in dataset order, on every rank."""
+    loader, _ = common.make_loader(dataset, batch_per_rank, False, args.num_workers, args.seed, device)
+    return evaluate(extract, loader, len(dataset), device, mean, std, args, planar)
+
+
+def cached_batches(cache, epoch, seed, rank, world, batch_per_rank, steps):
+    """This rank's (features, labels) batches of one epoch: a seeded global shuffle, dealt round-robin."""
+    generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+    order = torch.randperm(len(cache['train']), generator=generator)[rank::world].to(cache['train'].device)
+    for step in range(steps):
+        index = order[step * batch_per_rank:(step + 1) * batch_per_rank]
+        yield cache['train'][index], cache['train_labels'][index]
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation and result files, shared with finetune.py
+
+def evaluate(forward, loader, num_samples, device, mean, std, args, planar):
+    """forward(images) -> (B, K) for every test batch; returns (N, K) float32 in dataset order on all ranks."""
+    outputs, positions = [], []
+    with torch.no_grad():
+        for batch in loader:
+            images, _, index = common.prepare_batch(batch, device, mean, std, args.modality, args, planar, train=False)
+            outputs.append(forward(images).float())
+            positions.append(index)
+    return common.gather_by_index(torch.cat(outputs), torch.cat(positions), num_samples)
+
+
+def report(out_dir, rank, logits, labels, names, num_classes, epoch, best, args, settings):
+    """Accuracy of (N, C) logits; rank 0 writes result.json, test_logits/labels/names, confusion.png.
+
+    `best` ({'top1', 'epoch'}) is updated in place.
+    """
+    labels_t = torch.as_tensor(labels, device=logits.device)
+    metrics = common.accuracy(logits, labels_t)
+    predictions = logits.argmax(1)
+    metrics['per_class'] = common.per_class_accuracy(predictions, labels_t, num_classes)
+    if metrics['top1'] > best['top1']:
+        best.update(top1=metrics['top1'], epoch=epoch)
+    metrics.update(best_top1=best['top1'], best_epoch=best['epoch'], epoch=epoch, epochs=args.epochs,
+                   data=args.data, protocol=args.protocol, modality=args.modality, model=args.model,
+                   init=args.init, settings={**vars(args), **settings})
+    if rank == 0:
+        np.save(os.path.join(out_dir, 'test_logits.npy'), logits.cpu().numpy().astype(np.float32))
+        np.save(os.path.join(out_dir, 'test_labels.npy'), np.asarray(labels, dtype=np.int64))
+        with open(os.path.join(out_dir, 'test_names.txt'), 'w') as f:
+            f.write(''.join(f'{name}\n' for name in names))
+        save_confusion(os.path.join(out_dir, 'confusion.png'), predictions.cpu().numpy(), np.asarray(labels), num_classes)
+        common.write_json(os.path.join(out_dir, 'result.json'), metrics)
+    return metrics
+
+
+def save_confusion(path, predictions, labels, num_classes, cell=None):
+    """Row-normalised confusion matrix as a grey image (row = true class, column = predicted; white = 1)."""
+    from PIL import Image
+    matrix = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(matrix, (labels, predictions), 1)
+    matrix /= np.maximum(matrix.sum(1, keepdims=True), 1)
+    cell = cell or max(1, 480 // num_classes)
+    pixels = np.kron((matrix * 255).round().astype(np.uint8), np.ones((cell, cell), dtype=np.uint8))
+    Image.fromarray(pixels).save(path)
+
+
+if __name__ == '__main__':
+    main(get_args())

@@ -1,0 +1,168 @@
+"""finetune.py: layer-wise lr decay, label-fraction subsets, learning, one-shot 1-NN and pairs."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+import common  # noqa: E402
+import finetune  # noqa: E402
+from fixtures import write_encoded  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def make_args(tmp_path, *extra):
+    return finetune.get_args(['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none',
+                              '--output-dir', str(tmp_path / 'run'), '--num-workers', '0', '--batch-size', '16',
+                              '--warmup-epochs', '1', '--lr', '3e-3', '--print-every', '1000', *extra])
+
+
+@pytest.mark.parametrize('model,head', [('vit_test', 'linear'), ('vit_test', 'mlp'), ('vit_base_patch16', 'linear')])
+def test_layer_decay_scales(model, head, tmp_path):
+    args = make_args(tmp_path, '--model', model, '--head', head)
+    net = finetune.build_model(args, 224 if model == 'vit_base_patch16' else 32, num_classes=5)
+    depth = len(net.blocks)
+    groups = common.param_groups(net, 0.05, lambda n: finetune.layer_scale(n, depth, 0.75))
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    common.set_lr(optimizer, 2e-3)
+    lr_of = {id(p): (g['lr'], g['weight_decay']) for g in optimizer.param_groups for p in g['params']}
+    params = dict(net.named_parameters())
+    last_head = 'head.weight' if head == 'linear' else 'head.2.weight'
+    expected = {  # hand-computed: layer 0 = embeddings, blocks.i = i + 1, norm/head = depth + 1
+        'cls_token': (0.75 ** (depth + 1), 0.0),
+        'pos_embed': (0.75 ** (depth + 1), 0.0),
+        'patch_embed.proj.weight': (0.75 ** (depth + 1), 0.05),
+        'blocks.0.attn.qkv.weight': (0.75 ** depth, 0.05),
+        'blocks.0.norm1.bias': (0.75 ** depth, 0.0),
+        f'blocks.{depth - 1}.mlp.fc2.weight': (0.75, 0.05),
+        'norm.weight': (1.0, 0.0),
+        last_head: (1.0, 0.05),
+    }
+    if model == 'vit_test':
+        expected['blocks.1.mlp.fc1.weight'] = (0.75, 0.05)            # depth 2: 0.75 ** 1
+        expected['cls_token'] = (0.421875, 0.0)                      # 0.75 ** 3
+    else:
+        expected['blocks.5.attn.proj.weight'] = (0.75 ** 7, 0.05)    # depth 12: layer 6
+    for name, (scale, decay) in expected.items():
+        lr, wd = lr_of[id(params[name])]
+        assert math.isclose(lr, 2e-3 * scale, rel_tol=1e-9), (name, lr, 2e-3 * scale)
+        assert wd == decay, name
+
+
+def test_label_subset_deterministic_class_complete_rank_independent(tmp_path):
+    labels = np.repeat(np.arange(7), [3, 50, 120, 1, 40, 77, 9])
+    np.random.default_rng(1).shuffle(labels)
+    a = finetune.label_subset(labels, 0.01, seed=3)
+    np.random.seed(123)
+    torch.manual_seed(99)
+    b = finetune.label_subset(labels, 0.01, seed=3)
+    assert np.array_equal(a, b)
+    assert set(labels[a]) == set(range(7))                            # every class present
+    assert np.bincount(labels[a], minlength=7).min() >= 1
+    assert not np.array_equal(a, finetune.label_subset(labels, 0.01, seed=4))
+    ten = finetune.label_subset(labels, 0.1, seed=3)
+    assert list(np.bincount(labels[ten])) == [max(1, round(0.1 * n)) for n in [3, 50, 120, 1, 40, 77, 9]]
+    # rank 1 of a world of 2, in another process with other global RNG states, picks the same samples
+    code = ('import sys, numpy as np, torch; sys.path.insert(0, sys.argv[1]); import finetune; '
+            'np.random.seed(7); torch.manual_seed(7); labels = np.load(sys.argv[2]); '
+            'print(" ".join(map(str, finetune.label_subset(labels, 0.01, seed=3))))')
+    np.save(tmp_path / 'labels.npy', labels)
+    env = dict(os.environ, RANK='1', WORLD_SIZE='2', LOCAL_RANK='1', OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-c', code, ROOT, str(tmp_path / 'labels.npy')], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert [int(x) for x in out.split()] == a.tolist()
+
+
+def test_finetune_learns_semi_supervised_writes_results(tmp_path):
+    write_encoded(str(tmp_path / 'data'), num_classes=4, train_per_class=32)
+    metrics = finetune.main(make_args(tmp_path, '--epochs', '6', '--eval-every', '3', '--label-fraction', '0.5'))
+    run = tmp_path / 'run'
+    assert metrics['top1'] > 60, metrics['top1']                     # 4 classes: chance 25%
+    subset = (run / 'train_subset.txt').read_text().split()
+    names = (tmp_path / 'data/synthetic/xsub/train_names.txt').read_text().split()
+    labels = np.load(tmp_path / 'data/synthetic/xsub/train_labels.npy')
+    expected = finetune.label_subset(labels, 0.5, seed=0)
+    assert subset == [names[i] for i in expected] and len(subset) == 64
+    result = json.loads((run / 'result.json').read_text())
+    assert result['epoch'] == 5 and result['settings']['label_fraction'] == 0.5
+    logits = np.load(run / 'test_logits.npy')
+    assert logits.shape == (32, 4) and logits.dtype == np.float32
+    assert (run / 'test_names.txt').read_text().split() == (tmp_path / 'data/synthetic/xsub/test_names.txt').read_text().split()
+    assert (logits.argmax(1) == np.load(run / 'test_labels.npy')).mean() * 100 == pytest.approx(result['top1'])
+    assert len((run / 'log.jsonl').read_text().splitlines()) == 6
+
+
+def test_one_shot_nn_hand_made():
+    exemplars = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    exemplar_labels = torch.tensor([5, 7, 9])
+    queries = torch.tensor([[2.0, 0.1], [0.1, 3.0], [-1.0, 0.5], [-0.5, -0.1]])
+    truth = torch.tensor([5, 7, 7, 9])
+    predictions, similarity = finetune.one_shot_nn(queries, exemplars, exemplar_labels)
+    # q3 = (-1, 0.5): cosine 0.447 with (0, 1) but 0.894 with (-1, 0) -> 9, wrong; the rest right
+    assert predictions.tolist() == [5, 7, 9, 9]
+    assert (predictions == truth).float().mean().item() == 0.75
+    assert similarity.shape == (4, 3)
+    assert similarity[2, 2].item() == pytest.approx(1 / math.sqrt(1.25))
+
+
+def test_supcon_loss_hand_made():
+    embeddings = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # each anchor: one positive at similarity 1, two negatives at 0 -> -log(e / (e + 2))
+    loss = finetune.supcon_loss(embeddings, labels, temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(1 + 2 / math.e), rel=1e-6)
+    # an anchor without a positive is left out
+    lone = finetune.supcon_loss(torch.cat([embeddings, torch.tensor([[0.6, 0.8]])]), torch.tensor([0, 0, 1, 1, 2]), 1.0)
+    assert torch.isfinite(lone)
+
+
+def test_oneshot_exemplars_official_then_fallback():
+    novel = np.array([0, 6, 60])
+    names = ['S002C001P001R001A001', 'S001C003P008R001A001', 'S001C001P001R001A007',
+             'S001C002P001R001A007', 'S018C003P008R001A061', 'S019C001P001R001A061']
+    labels = np.array([0, 0, 6, 6, 60, 60])
+    chosen, source = finetune.oneshot_exemplars(labels, names, novel)
+    assert chosen.tolist() == [1, 2, 4]                             # A7 has no official exemplar: first by name
+    assert source == '2 official, 1 first by sorted name'
+    assert finetune.oneshot_classes('1,7,13,19,25,31,37,43,49,55,61,67,73,79,85,91,97,103,109,115', 120).tolist() == list(range(0, 120, 6))
+
+
+def test_pair_order_same_class_pairs_disjoint_ranks():
+    labels = np.repeat(np.arange(5), 9)
+    orders = [finetune.pair_order(labels, 0, 2, rank, 2, 4) for rank in range(2)]
+    assert len(orders[0]) == len(orders[1]) and len(orders[0]) % 4 == 0
+    assert not set(orders[0]) & set(orders[1])
+    for order in orders:
+        pairs = np.array(order).reshape(-1, 2)
+        assert (labels[pairs[:, 0]] == labels[pairs[:, 1]]).all()
+    assert orders[0] != finetune.pair_order(labels, 0, 3, 0, 2, 4)   # reshuffled every epoch
+
+
+def test_oneshot_run(tmp_path):
+    write_encoded(str(tmp_path / 'data'), data='ntu120', num_classes=12, train_per_class=6, test_per_class=4)
+    metrics = finetune.main(make_args(tmp_path, '--data', 'ntu120', '--protocol', 'oneshot', '--epochs', '2'))
+    run = tmp_path / 'run'
+    result = json.loads((run / 'result.json').read_text())
+    assert result['settings']['novel_actions'] == [1, 7]              # of 12 classes: A1 and A7
+    assert len(result['settings']['exemplars']) == 2 and result['per_class'] is not None
+    logits = np.load(run / 'test_logits.npy')                         # cosine similarity to the 2 exemplars
+    assert logits.shape == (2 * 10 - 2, 2) and np.abs(logits).max() <= 1 + 1e-5
+    names = (run / 'test_names.txt').read_text().split()
+    assert not set(names) & set(result['settings']['exemplars'])
+    assert 0 <= metrics['top1'] <= 100
+
+
+def test_missing_init_is_a_clear_error():
+    with pytest.raises(SystemExit, match='--init'):
+        finetune.get_args(['--data', 'synthetic'])
+    assert finetune.get_args(['--data', 'ucla', '--init', 'none']).batch_size == 32   # Table 12
+    assert finetune.get_args(['--data', 'ntu60', '--init', 'none']).batch_size == 128
