@@ -194,7 +194,8 @@ class S2IDataset(torch.utils.data.Dataset):
         return images[0], labels[0], positions[0]
 
 
-def _keep_batch(batch):
+def keep_batch(batch):
+    """collate_fn for S2IDataset, whose __getitems__ already returns a whole batch."""
     return batch
 
 
@@ -211,7 +212,7 @@ def make_loader(dataset, batch_size, train, num_workers, seed, device):
     drop_last = train and len(sampler) >= batch_size   # keep one short batch on a tiny dataset
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
-        collate_fn=_keep_batch, pin_memory=device.type == 'cuda',
+        collate_fn=keep_batch, pin_memory=device.type == 'cuda',
         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
     return loader, sampler
 
@@ -541,3 +542,59 @@ def per_class_accuracy(predictions, labels, num_classes):
     correct = torch.bincount(labels[predictions == labels], minlength=num_classes).tolist()
     total = torch.bincount(labels, minlength=num_classes).tolist()
     return [100 * c / t if t else None for c, t in zip(correct, total)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation and result files (probe and finetune)
+
+def evaluate(forward, loader, num_samples, device, mean, std, args, planar):
+    """forward(images) -> (B, K) for every test batch; returns (N, K) float32 in dataset order on all ranks."""
+    outputs, positions = [], []
+    with torch.no_grad():
+        for batch in loader:
+            images, _, index = prepare_batch(batch, device, mean, std, args.modality, args, planar, train=False)
+            outputs.append(forward(images).float())
+            positions.append(index)
+    return gather_by_index(torch.cat(outputs), torch.cat(positions), num_samples)
+
+
+def write_results(out_dir, rank, logits, labels, names, num_classes, epoch, best, args, settings):
+    """Accuracy of (N, C) logits; rank 0 writes result.json, test_logits/labels/names, confusion.png.
+
+    `best` ({'top1', 'epoch'}) is updated in place.
+    """
+    labels_t = torch.as_tensor(labels, device=logits.device)
+    metrics = accuracy(logits, labels_t)
+    predictions = logits.argmax(1)
+    metrics['per_class'] = per_class_accuracy(predictions, labels_t, num_classes)
+    if metrics['top1'] > best['top1']:
+        best.update(top1=metrics['top1'], epoch=epoch)
+    metrics.update(best_top1=best['top1'], best_epoch=best['epoch'], epoch=epoch, epochs=args.epochs,
+                   data=args.data, protocol=args.protocol, modality=args.modality, model=args.model,
+                   init=args.init, settings={**vars(args), **settings})
+    if rank == 0:
+        save_npy(os.path.join(out_dir, 'test_logits.npy'), logits.cpu().numpy().astype(np.float32))
+        save_npy(os.path.join(out_dir, 'test_labels.npy'), np.asarray(labels, dtype=np.int64))
+        with open(os.path.join(out_dir, 'test_names.txt.tmp'), 'w') as f:
+            f.write(''.join(f'{name}\n' for name in names))
+        os.replace(os.path.join(out_dir, 'test_names.txt.tmp'), os.path.join(out_dir, 'test_names.txt'))
+        save_confusion(os.path.join(out_dir, 'confusion.png'), predictions.cpu().numpy(), np.asarray(labels), num_classes)
+        write_json(os.path.join(out_dir, 'result.json'), metrics)
+    return metrics
+
+
+def save_confusion(path, predictions, labels, num_classes, cell=None):
+    """Row-normalised confusion matrix as a grey image (row = true class, column = predicted; white = 1)."""
+    from PIL import Image
+    matrix = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(matrix, (labels, predictions), 1)
+    matrix /= np.maximum(matrix.sum(1, keepdims=True), 1)
+    cell = cell or max(1, 480 // num_classes)
+    pixels = np.kron((matrix * 255).round().astype(np.uint8), np.ones((cell, cell), dtype=np.uint8))
+    Image.fromarray(pixels).save(path + '.tmp.png')
+    os.replace(path + '.tmp.png', path)
+
+
+def save_npy(path, array):
+    np.save(path + '.tmp.npy', array)
+    os.replace(path + '.tmp.npy', path)

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import common
-from probe import evaluate, report
 
 # NTU-120 one-shot protocol (Liu et al. 2020; MotionBERT A.1): novel actions A1, A7, ..., A115.
 ONESHOT_NOVEL_ACTIONS = list(range(1, 121, 6))
@@ -175,7 +174,7 @@ def main(args):
         if oneshot:   # batches of same-class pairs, so every anchor has a positive (MotionBERT A.1)
             order = pair_order(train_set.labels[train_set.subset], args.seed, epoch, rank, world, batch_per_rank)
             batches = torch.utils.data.DataLoader(train_set, batch_size=batch_per_rank, sampler=order, drop_last=True,
-                                                  num_workers=args.num_workers, collate_fn=common._keep_batch)
+                                                  num_workers=args.num_workers, collate_fn=common.keep_batch)
         else:
             train_sampler.set_epoch(epoch)
             batches = train_loader
@@ -204,7 +203,7 @@ def main(args):
         if (epoch + 1) % args.eval_every == 0 or last:
             model.eval()
             with torch.autocast(**amp):
-                outputs = evaluate(model, test_loader, len(test_set), device, mean, std, args, planar)
+                outputs = common.evaluate(model, test_loader, len(test_set), device, mean, std, args, planar)
             settings = {'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes}
             if oneshot:
                 embeddings = F.normalize(outputs, dim=1)
@@ -214,7 +213,7 @@ def main(args):
                                 exemplar_source=exemplar_source)
             else:
                 logits = outputs                                         # (N, C)
-            metrics = report(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args, settings)
+            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args, settings)
             record['test_top1'] = metrics['top1']
             say(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
                 f'(best {best["top1"]:.2f} at {best["epoch"]})')

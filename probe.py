@@ -16,13 +16,10 @@ test_names.txt, confusion.png. The reporting helpers at the bottom of this file 
 dataset order, result files, confusion image) are shared with finetune.py.
 """
 import argparse
-import json
-import math
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -165,11 +162,11 @@ def main(args):
         if (epoch + 1) % args.eval_every == 0 or last:
             head.eval()
             if cache is None:
-                logits = evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args, planar)
+                logits = common.evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args, planar)
             else:
                 with torch.no_grad():
                     logits = head(cache['test']).float()                   # (N, C)
-            metrics = report(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args,
+            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args,
                              settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes})
             record['test_top1'] = metrics['top1']
             say(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
@@ -195,7 +192,7 @@ def make_probe_head(dim, num_classes):
 def extract_all(extract, dataset, batch_per_rank, args, device, mean, std, planar):
     """Un-augmented features (N, D) of a whole dataset, in dataset order, on every rank."""
     loader, _ = common.make_loader(dataset, batch_per_rank, False, args.num_workers, args.seed, device)
-    return evaluate(extract, loader, len(dataset), device, mean, std, args, planar)
+    return common.evaluate(extract, loader, len(dataset), device, mean, std, args, planar)
 
 
 def cached_batches(cache, epoch, seed, rank, world, batch_per_rank, steps):
@@ -205,55 +202,6 @@ def cached_batches(cache, epoch, seed, rank, world, batch_per_rank, steps):
     for step in range(steps):
         index = order[step * batch_per_rank:(step + 1) * batch_per_rank]
         yield cache['train'][index], cache['train_labels'][index]
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation and result files, shared with finetune.py
-
-def evaluate(forward, loader, num_samples, device, mean, std, args, planar):
-    """forward(images) -> (B, K) for every test batch; returns (N, K) float32 in dataset order on all ranks."""
-    outputs, positions = [], []
-    with torch.no_grad():
-        for batch in loader:
-            images, _, index = common.prepare_batch(batch, device, mean, std, args.modality, args, planar, train=False)
-            outputs.append(forward(images).float())
-            positions.append(index)
-    return common.gather_by_index(torch.cat(outputs), torch.cat(positions), num_samples)
-
-
-def report(out_dir, rank, logits, labels, names, num_classes, epoch, best, args, settings):
-    """Accuracy of (N, C) logits; rank 0 writes result.json, test_logits/labels/names, confusion.png.
-
-    `best` ({'top1', 'epoch'}) is updated in place.
-    """
-    labels_t = torch.as_tensor(labels, device=logits.device)
-    metrics = common.accuracy(logits, labels_t)
-    predictions = logits.argmax(1)
-    metrics['per_class'] = common.per_class_accuracy(predictions, labels_t, num_classes)
-    if metrics['top1'] > best['top1']:
-        best.update(top1=metrics['top1'], epoch=epoch)
-    metrics.update(best_top1=best['top1'], best_epoch=best['epoch'], epoch=epoch, epochs=args.epochs,
-                   data=args.data, protocol=args.protocol, modality=args.modality, model=args.model,
-                   init=args.init, settings={**vars(args), **settings})
-    if rank == 0:
-        np.save(os.path.join(out_dir, 'test_logits.npy'), logits.cpu().numpy().astype(np.float32))
-        np.save(os.path.join(out_dir, 'test_labels.npy'), np.asarray(labels, dtype=np.int64))
-        with open(os.path.join(out_dir, 'test_names.txt'), 'w') as f:
-            f.write(''.join(f'{name}\n' for name in names))
-        save_confusion(os.path.join(out_dir, 'confusion.png'), predictions.cpu().numpy(), np.asarray(labels), num_classes)
-        common.write_json(os.path.join(out_dir, 'result.json'), metrics)
-    return metrics
-
-
-def save_confusion(path, predictions, labels, num_classes, cell=None):
-    """Row-normalised confusion matrix as a grey image (row = true class, column = predicted; white = 1)."""
-    from PIL import Image
-    matrix = np.zeros((num_classes, num_classes), dtype=np.float64)
-    np.add.at(matrix, (labels, predictions), 1)
-    matrix /= np.maximum(matrix.sum(1, keepdims=True), 1)
-    cell = cell or max(1, 480 // num_classes)
-    pixels = np.kron((matrix * 255).round().astype(np.uint8), np.ones((cell, cell), dtype=np.uint8))
-    Image.fromarray(pixels).save(path)
 
 
 if __name__ == '__main__':
