@@ -456,9 +456,9 @@ def masked_batch(batch, seed, args, model, norm, rank, world, device):
     fork_devices = [device] if device.type == 'cuda' else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
-        images = batch[0].to(device, non_blocking=True)
         if world > 1:   # pad to the global micro-batch so that augmentation draws match any world size
-            padded = images.new_zeros((total,) + images.shape[1:])
+            images = batch[0].to(device, non_blocking=True)
+            padded = images.new_zeros((total,) + images.shape[1:])                  # (world * n, 3, S, S)
             padded[rows] = images
             batch = (padded, torch.zeros(total, dtype=torch.long), torch.zeros(total, dtype=torch.long))
         images = common.prepare_batch(batch, device, mean, std, args.modality, args, planar, train=True)[0][rows]
@@ -547,7 +547,10 @@ def main(args):
     if steps_per_epoch == 0:
         sys.exit(f'{len(dataset)} train samples give no full optimizer step of --accum-iter {args.accum_iter}')
     mean, std = common.channel_stats(metas[0], args.modality, device)
-    norm = (mean, std, common.is_planar(metas[0]))
+    planar = {n: common.is_planar(m) for n, m in zip(names, metas)}
+    if len(set(planar.values())) > 1:
+        sys.exit(f'--data {args.data}: mixes 2D keypoints (x, y, score) and 3D joints {planar}; pretrain them separately')
+    norm = (mean, std, planar[names[0]])     # every dataset normalised with the first one's statistics (A.5)
     out_dir = common.output_dir(args, 'pretrain', args.method)
     log(f'{len(dataset)} train images of {size}x{size} from {", ".join(f"{n}/{p}" for n, p in zip(names, protocols))}; '
         f'{world} process(es) x micro-batch {micro} x accum {args.accum_iter} = batch {args.batch_size}; '
