@@ -161,8 +161,8 @@ def read_split(data_root, data, protocol, split, modality):
 class S2IDataset(torch.utils.data.Dataset):
     """Encoded S2I images of one or more splits, read batch-wise from memory maps.
 
-    A batch is one sorted fancy-index read per file instead of B small reads, and the maps are
-    opened lazily so that worker processes each open their own.
+    A batch is one ascending fancy-index read per file instead of B small reads, returned in the
+    order asked for; the maps are opened lazily so that worker processes each open their own.
     """
 
     def __init__(self, images_paths, labels_list, subset=None):
@@ -176,16 +176,16 @@ class S2IDataset(torch.utils.data.Dataset):
         return len(self.labels) if self.subset is None else len(self.subset)
 
     def __getitems__(self, positions):
+        """(images float16 (B, 3, S, S), labels (B,), positions (B,)) for dataset positions, in that order."""
         if self.maps is None:
             self.maps = [np.load(path, mmap_mode='r') for path in self.images_paths]
         positions = np.asarray(positions, dtype=np.int64)
         indices = positions if self.subset is None else self.subset[positions]
-        order = np.argsort(indices, kind='stable')        # one ascending read per file
-        positions, indices = positions[order], indices[order]
-        file_of = np.searchsorted(self.offsets, indices, side='right') - 1
+        order = np.argsort(indices, kind='stable')
+        file_of = np.searchsorted(self.offsets, indices[order], side='right') - 1
         images = np.empty((len(indices),) + self.maps[0].shape[1:], dtype=np.float16)
         for f in np.unique(file_of):
-            rows = file_of == f
+            rows = order[file_of == f]                     # batch rows whose images live in file f
             images[rows] = self.maps[f][indices[rows] - self.offsets[f]]
         return torch.from_numpy(images), torch.from_numpy(self.labels[indices]), torch.from_numpy(positions)
 

@@ -431,19 +431,6 @@ def micro_seed(seed, index):
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def in_sampler_order(batch, expected):
-    """Rows of a loader batch back in the sampler's order.
-
-    S2IDataset reads each batch in ascending index order (one sequential read per file); the
-    random draws are tied to the row of the global micro-batch, so the rows must follow the
-    sampler's deal (`expected`: this micro-batch's dataset positions) whatever the world size.
-    """
-    positions = batch[2].numpy()
-    order = np.argsort(positions, kind='stable')
-    rows = torch.from_numpy(order[np.searchsorted(positions[order], expected)])
-    return tuple(x[rows] for x in batch)
-
-
 def masked_batch(batch, seed, args, model, norm, rank, world, device):
     """Augmented, normalised images (n, 3, S, S) and ids_keep, ids_masked, t, noise for this rank.
 
@@ -622,16 +609,14 @@ def main(args):
         sampler.set_epoch(epoch)
         model.train()
         batches = iter(loader)
-        deal = np.fromiter(iter(sampler), dtype=np.int64)  # this rank's positions in loader order
         loss_sum = torch.zeros((), device=device)          # summed on the device: no sync per step
         start = tick = time.time()
         for i in range(steps_per_epoch):
             current_lr = common.lr_at(step, total_steps, warmup_steps, lr, args.min_lr)   # per iteration
             common.set_lr(optimizer, current_lr)
             for k in range(args.accum_iter):
-                batch = in_sampler_order(next(batches), deal[(i * args.accum_iter + k) * micro:][:micro])
                 images, ids_keep, ids_masked, t, noise = masked_batch(
-                    batch, micro_seed(args.seed, step * args.accum_iter + k), args, bare, norm, rank, world, device)
+                    next(batches), micro_seed(args.seed, step * args.accum_iter + k), args, bare, norm, rank, world, device)
                 sync = k + 1 == args.accum_iter or world == 1
                 with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
                     loss = model(images, ids_keep, ids_masked, t, noise)

@@ -79,12 +79,12 @@ def test_dataset_reads_batches_across_files_in_order(tmp_path):
     arrays = [np.load(p) for p in paths]
     dataset = common.S2IDataset(paths, labels, subset=[7, 0, 10, 4])
     images, batch_labels, positions = dataset.__getitems__([2, 0, 3])
-    # subset positions 2, 0, 3 -> global rows 10, 7, 4, read in ascending row order 4, 7, 10
-    assert positions.tolist() == [3, 0, 2]
-    assert batch_labels.tolist() == [labels[0][4], labels[1][1], labels[1][4]]
-    assert torch.equal(images[0], torch.from_numpy(arrays[0][4]))
+    # subset positions 2, 0, 3 -> global rows 10, 7, 4 = file b row 4, file b row 1, file a row 4
+    assert positions.tolist() == [2, 0, 3]
+    assert batch_labels.tolist() == [labels[1][4], labels[1][1], labels[0][4]]
+    assert torch.equal(images[0], torch.from_numpy(arrays[1][4]))
     assert torch.equal(images[1], torch.from_numpy(arrays[1][1]))
-    assert torch.equal(images[2], torch.from_numpy(arrays[1][4]))
+    assert torch.equal(images[2], torch.from_numpy(arrays[0][4]))
 
 
 def test_read_split_names_the_missing_file(tmp_path):
