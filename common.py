@@ -64,7 +64,7 @@ def add_augment_args(parser):
 def output_dir(args, stage, method):
     if args.output_dir:
         return args.output_dir
-    name = f"{args.data.replace(',', '+')}_{args.protocol or 'default'}_{args.modality}_{method}"
+    name = f"{args.data}_{args.protocol or 'default'}_{args.modality}_{method}".replace(',', '+')
     return os.path.join('runs', stage, name)
 
 

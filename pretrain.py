@@ -515,6 +515,7 @@ def main(args):
     if len(protocols) != len(names):
         sys.exit(f'--protocol {args.protocol}: give one protocol or one per --data name ({len(names)})')
     protocols = [common.resolve_protocol(args.data_root, n, p) for n, p in zip(names, protocols)]
+    args.protocol = ','.join(protocols)                  # resolved, so the run directory names it
     metas = [common.load_meta(args.data_root, n, p) for n, p in zip(names, protocols)]
     sizes = {n: m['size'] for n, m in zip(names, metas)}
     if len(set(sizes.values())) > 1:
