@@ -3,12 +3,13 @@
 Every ratio is taken within one run (a figure and its reference side by side), so it holds on a
 noisy machine. `python bench.py` runs all on CPU in a few minutes; `--only encode,loader` picks.
 
-  encode    NTU .skeleton files parsed + encoded per second (files written here, ~240 KB, 90 frames,
+  encode    NTU .skeleton files parsed + encoded per second (files written here, ~290 KB, 90 frames,
             a fifth with two bodies) and peak resident memory of the whole encode at two split sizes
-  loader    S2I images per second from the encoded memmap through augmentation to a ready batch
+  loader    S2I images per second from the encoded memmap to a ready batch (per loader process),
+            then augmentation + normalisation per second on the device
   train     pretrain.py's real loop vs a bare forward+backward+step on a preloaded batch
             (train_loop_efficiency), vit_test and ViT-B; on CUDA also bf16 model FLOPs utilisation
-  probe     linear-probe epoch time with and without --cache-features
+  probe     linear-probe wall time with and without --cache-features
   ddp       pretraining throughput with 1 vs 2 processes (gloo on CPU, NCCL on GPUs)
 """
 import argparse
@@ -24,6 +25,10 @@ import time
 
 import numpy as np
 import torch
+
+import common
+import pretrain
+import probe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,6 +46,11 @@ def get_args():
     group.add_argument('--batch-size', type=int, default=None, help='per device (default 64 on CUDA, 8 on CPU)')
     group.add_argument('--steps', type=int, default=None, help='timed steps (default 20 on CUDA, 3 on CPU)')
     return parser.parse_args()
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 def report(name, value, unit, **settings):
@@ -177,7 +187,6 @@ def bench_encode(args, workdir, device):
 # loader: memmap -> batch -> augmentation, per core
 
 def bench_loader(args, workdir, device):
-    import common
     out = os.path.join(workdir, 'synthetic')
     subprocess.run([sys.executable, 'encode.py', '--data', 'synthetic', '--out', out, '--modality', 'joint',
                     '--synthetic-train', '150', '--quiet'], cwd=HERE, check=True)
@@ -201,12 +210,11 @@ def bench_loader(args, workdir, device):
     for space in ('skeleton', 'image'):                        # then on the device: augment + normalise
         augment_args.aug_space = space
         common.prepare_batch(batch, device, mean, std, 'joint', augment_args, False, True)
-        sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-        sync()
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(10):
             common.prepare_batch(batch, device, mean, std, 'joint', augment_args, False, True)
-        sync()
+        synchronize(device)
         report('augment_images_per_s', 640 / (time.perf_counter() - started), 'images/s', aug_space=space,
                batch=64, size=meta['size'], device=device.type, threads=torch.get_num_threads())
     torch.set_num_threads(os.cpu_count())
@@ -244,8 +252,6 @@ def model_flops_per_image(model, batch, device):
 
 def bare_step_rate(args_list, steps, device):
     """Images/s of forward + backward + AdamW step on one batch already on the device."""
-    import common
-    import pretrain
     args = pretrain.get_args(args_list)
     protocol = common.resolve_protocol(args.data_root, 'synthetic', None)
     meta = common.load_meta(args.data_root, 'synthetic', protocol)
@@ -269,12 +275,11 @@ def bare_step_rate(args_list, steps, device):
         optimizer.zero_grad(set_to_none=True)
 
     step()                                                     # warm-up
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    sync()
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    sync()
+    synchronize(device)
     rate = steps * len(images) / (time.perf_counter() - started)
     with autocast:
         flops = model_flops_per_image(model, batch, device)
@@ -319,8 +324,6 @@ def bench_train(args, workdir, device):
 
 def bench_probe(args, workdir, device):
     """Wall time of the same probe with and without --cache-features, in this process (no start-up)."""
-    import common
-    import probe
     data_root = encode_synthetic(workdir, 64, 60)
     encoder_path = os.path.join(workdir, 'encoder.pth')
     common.save_encoder(encoder_path, common.build_encoder('vit_tiny_patch16', 64), {})
