@@ -486,6 +486,13 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+def save_checkpoint(out_dir, model, optimizer, epoch, args, **extra):
+    """checkpoint.pth: what --resume needs (model, optimizer, epoch, args, RNG states) and `extra`."""
+    state = {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
+             'args': vars(args), 'rng': rng_state(), **extra}
+    atomic_save(state, os.path.join(out_dir, 'checkpoint.pth'))
+
+
 def rng_state():
     state = {'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -580,6 +587,8 @@ def write_results(out_dir, rank, logits, labels, names, num_classes, epoch, best
         os.replace(os.path.join(out_dir, 'test_names.txt.tmp'), os.path.join(out_dir, 'test_names.txt'))
         save_confusion(os.path.join(out_dir, 'confusion.png'), predictions.cpu().numpy(), np.asarray(labels), num_classes)
         write_json(os.path.join(out_dir, 'result.json'), metrics)
+        print(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
+              f'(best {best["top1"]:.2f} at {best["epoch"]})')
     return metrics
 
 

@@ -215,14 +215,10 @@ def main(args):
                 logits = outputs                                         # (N, C)
             metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args, settings)
             record['test_top1'] = metrics['top1']
-            say(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
-                f'(best {best["top1"]:.2f} at {best["epoch"]})')
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
             if (epoch + 1) % args.save_every == 0 or last:
-                common.atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
-                                    'args': vars(args), 'rng': common.rng_state(), 'best': best},
-                                   os.path.join(out_dir, 'checkpoint.pth'))
+                common.save_checkpoint(out_dir, model, optimizer, epoch, args, best=best)
     common.cleanup_distributed()
     return metrics
 

@@ -496,11 +496,7 @@ def save_vis(path, model, raw_images, norm, args, device):
 
 
 # ----------------------------------------------------------------------------------------------
-
-def checkpoint_state(model, optimizer, epoch, step, args):
-    return {'model': common.unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
-            'epoch': epoch, 'step': step, 'args': vars(args), 'rng': common.rng_state()}
-
+# Training
 
 def main(args):
     rank, world, device = common.init_distributed(args.device)
@@ -590,7 +586,7 @@ def main(args):
     def save(epoch):
         if rank != 0:
             return
-        common.atomic_save(checkpoint_state(model, optimizer, epoch, step, args), os.path.join(out_dir, 'checkpoint.pth'))
+        common.save_checkpoint(out_dir, model, optimizer, epoch, args, step=step)
         common.save_encoder(os.path.join(out_dir, 'encoder.pth'), bare.encoder,
                             {'model': args.model, 'size': size, 'method': args.method, 'data': args.data,
                              'protocol': ','.join(protocols), 'modality': args.modality, 'epoch': epoch})

@@ -169,14 +169,10 @@ def main(args):
             metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args,
                              settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes})
             record['test_top1'] = metrics['top1']
-            say(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
-                f'(best {best["top1"]:.2f} at {best["epoch"]})')
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
             if (epoch + 1) % args.save_every == 0 or last:
-                common.atomic_save({'model': head.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
-                                    'args': vars(args), 'rng': common.rng_state(), 'best': best},
-                                   os.path.join(out_dir, 'checkpoint.pth'))
+                common.save_checkpoint(out_dir, head, optimizer, epoch, args, best=best)
     common.cleanup_distributed()
     return metrics
 
