@@ -129,7 +129,7 @@ def resolve_protocol(data_root, data, protocol):
     if protocol:
         return protocol
     folder = os.path.join(data_root, data)
-    encoded = sorted(p for p in os.listdir(folder)) if os.path.isdir(folder) else []
+    encoded = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     if len(encoded) == 1:
         return encoded[0]
     return DEFAULT_PROTOCOL.get(data, encoded[0] if encoded else 'default')
