@@ -493,6 +493,15 @@ def save_checkpoint(out_dir, model, optimizer, epoch, args, **extra):
     atomic_save(state, os.path.join(out_dir, 'checkpoint.pth'))
 
 
+def restore_checkpoint(path, model, optimizer):
+    """Load save_checkpoint's file into model and optimizer, restore the RNG; returns the whole state."""
+    state = load_checkpoint(path)
+    unwrap(model).load_state_dict(state['model'])
+    optimizer.load_state_dict(state['optimizer'])
+    set_rng_state(state['rng'])
+    return state
+
+
 def rng_state():
     state = {'torch': torch.get_rng_state()}
     if torch.cuda.is_available():

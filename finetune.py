@@ -153,10 +153,7 @@ def main(args):
     start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
     path = common.resume_path(args.resume, out_dir)
     if path:
-        state = common.load_checkpoint(path)
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        common.set_rng_state(state['rng'])
+        state = common.restore_checkpoint(path, model, optimizer)
         start_epoch, best = state['epoch'] + 1, state['best']
         say(f'resumed from {path} at epoch {start_epoch}')
     torch.manual_seed(args.seed + 1000 * rank + start_epoch)             # augmentation differs per rank
