@@ -543,22 +543,18 @@ def main(args):
     # model and optimizer
     model = build_model(args, size)
     ckpt_path = common.resume_path(args.resume, out_dir)
-    checkpoint = common.load_checkpoint(ckpt_path) if ckpt_path else None
-    if checkpoint is None:
+    if ckpt_path is None:                                    # a resumed run takes its weights from the checkpoint
         init_encoder(model.encoder, args.init, args.model, log=log)
-    else:
-        model.load_state_dict(checkpoint['model'])
     model.to(device)
     log(f'{args.method} on {args.model}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.1f}M '
         f'trained parameters, {num_masked(args.mask, model.grid, args.mask_ratio)}/{model.grid ** 2} patches masked ({args.mask})')
     lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
     optimizer = torch.optim.AdamW(common.param_groups(model, args.weight_decay), lr=lr, betas=(0.9, 0.95),  # Table 10
                                   fused=device.type == 'cuda')
-    start_epoch, step = 0, 0
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint['optimizer'])
+    start_epoch, step, checkpoint = 0, 0, None
+    if ckpt_path:
+        checkpoint = common.restore_checkpoint(ckpt_path, model, optimizer)
         start_epoch, step = checkpoint['epoch'], checkpoint['step']
-        common.set_rng_state(checkpoint['rng'])
         log(f'resumed from {ckpt_path} at epoch {start_epoch}')
     bare = model
     if args.compile:
