@@ -18,6 +18,7 @@ Output ({out}/{name}/{protocol}/, see DESIGN.md): {split}_{modality}.npy float16
 Imports nothing but numpy, pyyaml and the standard library.
 """
 import argparse
+import contextlib
 import ctypes
 import functools
 import json
@@ -270,7 +271,7 @@ def encode_sequence(bodies, fmt, modalities=MODALITIES, size=224, two_person='in
 # bytes are read as two little-endian uint64 words and every step below acts on all tokens at once.
 _HIGH = np.uint64(0x8080808080808080)                          # the high bit of every byte
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
-_POW10 = 10 ** np.arange(17, dtype=np.uint64)
+_POW10 = 10 ** np.arange(16, dtype=np.uint64)
 _WORD = np.array([[0], [8]])                                   # byte offset of each word of a token
 
 
@@ -318,10 +319,9 @@ def parse_decimals(text, starts, lengths):
     v = ((v & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(100 * 2 ** 16 + 1)) >> np.uint64(16)   # fours
     v = ((v & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(10000 * 2 ** 32 + 1)) >> np.uint64(32)  # eights
     v = v[0] * np.uint64(10 ** 8) + v[1]                       # sum of digit_c * 10^(15 - c), the dot a 0
-    above_dot = _POW10[16 - np.minimum(dot, 15)]
-    whole = v // above_dot
-    mantissa = whole * (above_dot // np.uint64(10)) + (v - whole * above_dot)   # the digits without the dot
-    value = mantissa.astype(np.float64) / (above_dot // np.uint64(10)).astype(np.float64)
+    fraction_place = _POW10[15 - np.minimum(dot, 15)]          # 10^(digits after the dot, padding included)
+    whole, fraction = np.divmod(v, fraction_place * np.uint64(10))
+    value = (whole * fraction_place + fraction).astype(np.float64) / fraction_place.astype(np.float64)
     return np.where(negative, -value, value), ok
 
 
@@ -866,22 +866,22 @@ _CTX = {}
 
 def _init_worker(ctx):
     _CTX.clear()
-    _CTX.update(ctx)
+    _CTX.update(ctx, files={})                                 # files: output path -> open descriptor
 
 
 def _encode_item(job):
-    """Worker: (row, item) -> (name, label, {modality: (2, 3) per-channel sum and sum of squares} or
+    """Worker: (row, item, outputs) -> (name, label, {modality: (2, 3) per-channel sum and sum of squares} or
     None, error message or None). The float16 images go straight from here into row `row` of the
     split's output files with os.pwrite: nothing crosses the pool's pipe but a few numbers, nothing
     is mapped, so memory stays flat however long the split. The sums are of the float32 images."""
-    row, (name, label, split, ref) = job
+    row, (name, label, split, ref), outputs = job
     try:
         bodies, file_label = load_item(ref, _CTX['fmt']['num_joints'])
         imgs = encode_sequence(bodies, _CTX['fmt'], _CTX['modalities'], _CTX['size'], _CTX['two_person'],
                                where=ref[1] if len(ref) > 1 else name)
         sums = {}
         for m, image in imgs.items():
-            path, offset = _CTX['outputs'][m]
+            path, offset = outputs[m]
             if path not in _CTX['files']:
                 _CTX['files'][path] = os.open(path, os.O_WRONLY)
             stored = image.astype(np.float16)
@@ -896,19 +896,26 @@ def _encode_item(job):
         return name, label, None, f'{ref[1] if len(ref) > 1 else name}: unreadable sample ({type(e).__name__}: {e})'
 
 
-def encoded_stream(items, ctx, workers=1, window=256):
+def worker_pool(ctx, workers):
+    """A pool of `workers` processes (none for 1), started before the dataset is listed so that the
+    forked workers do not each inherit a copy of the listing (3 x 70 MB for NTU-120)."""
+    _init_worker(ctx)
+    if workers <= 1:
+        return contextlib.nullcontext()
+    return mp.get_context('spawn' if sys.platform == 'win32' else 'fork').Pool(workers, _init_worker, (ctx,))
+
+
+def encoded_stream(items, outputs, pool=None, window=256):
     """Generator of (name, label, sums | None, error | None), in the order of items, item k written
-    to row k of ctx['outputs']. With workers > 1 a process pool loads, encodes and writes; items are
-    submitted in windows so memory stays bounded."""
-    _init_worker(dict(ctx, files={}))
+    to row k of outputs. With a pool its workers load, encode and write; items are submitted in
+    windows so memory stays bounded."""
+    jobs = [(row, item, outputs) for row, item in enumerate(items)]
+    if pool is not None:
+        for k in range(0, len(jobs), window):
+            yield from pool.imap(_encode_item, jobs[k:k + window], chunksize=8)
+        return
     try:
-        if workers <= 1:
-            yield from map(_encode_item, enumerate(items))
-            return
-        context = mp.get_context('spawn' if sys.platform == 'win32' else 'fork')
-        with context.Pool(workers, _init_worker, (dict(ctx, files={}),)) as pool:
-            for k in range(0, len(items), window):
-                yield from pool.imap(_encode_item, zip(range(k, len(items)), items[k:k + window]), chunksize=8)
+        yield from map(_encode_item, jobs)
     finally:
         for fd in _CTX['files'].values():
             os.close(fd)
@@ -1114,33 +1121,34 @@ def encode(args):
     modalities = list(MODALITIES) if args.modality == 'all' else [args.modality]
     args.class_names = None
     skipped = []
-    items = LISTERS[args.data](args, skipped)                  # may set args.protocol (pkl), class_names
-    out_dir = Path(args.out) / (args.name or args.data) / args.protocol
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = out_dir / 'meta.json'
-    if meta_path.exists():
-        meta_path.unlink()                                     # the old output is no longer complete
     ctx = dict(fmt=fmt, modalities=modalities, size=args.size, two_person=args.two_person)
-    counts, stats, moves = {}, {}, {}
-    try:
-        for split in SPLITS:
-            split_items = [it for it in items if it[2] == split]
-            if not split_items:
-                raise EncodeError(args.root or args.input or args.data, f'no {split} samples for protocol {args.protocol}')
-            outputs = create_outputs(out_dir, split, len(split_items), modalities, args.size)
-            stream = encoded_stream(split_items, dict(ctx, outputs=outputs), args.workers)
-            mv, counts[split], stats[split] = finish_split(out_dir, split, stream, outputs, len(split_items),
-                                                           args.size, args.strict, skipped, not args.quiet)
-            moves.update(mv)
-            if counts[split] == 0:
-                first = next(s['reason'] for s in skipped if s['split'] == split)
-                raise EncodeError(args.root or args.input, f'no valid {split} samples (first error: {first})')
-        for tmp, final in moves.items():
-            os.replace(tmp, final)
-    finally:
-        for tmp in list(moves) + [_tmp(out_dir / f'{s}_{m}.npy') for s in SPLITS for m in modalities]:
-            if Path(tmp).exists():
-                Path(tmp).unlink()
+    with worker_pool(ctx, args.workers) as pool:
+        items = LISTERS[args.data](args, skipped)              # may set args.protocol (pkl), class_names
+        out_dir = Path(args.out) / (args.name or args.data) / args.protocol
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta_path = out_dir / 'meta.json'
+        if meta_path.exists():
+            meta_path.unlink()                                 # the old output is no longer complete
+        counts, stats, moves = {}, {}, {}
+        try:
+            for split in SPLITS:
+                split_items = [it for it in items if it[2] == split]
+                if not split_items:
+                    raise EncodeError(args.root or args.input or args.data, f'no {split} samples for protocol {args.protocol}')
+                outputs = create_outputs(out_dir, split, len(split_items), modalities, args.size)
+                stream = encoded_stream(split_items, outputs, pool)
+                mv, counts[split], stats[split] = finish_split(out_dir, split, stream, outputs, len(split_items),
+                                                               args.size, args.strict, skipped, not args.quiet)
+                moves.update(mv)
+                if counts[split] == 0:
+                    first = next(s['reason'] for s in skipped if s['split'] == split)
+                    raise EncodeError(args.root or args.input, f'no valid {split} samples (first error: {first})')
+            for tmp, final in moves.items():
+                os.replace(tmp, final)
+        finally:
+            for tmp in list(moves) + [_tmp(out_dir / f'{s}_{m}.npy') for s in SPLITS for m in modalities]:
+                if Path(tmp).exists():
+                    Path(tmp).unlink()
     labels = np.concatenate([np.load(out_dir / f'{s}_labels.npy') for s in SPLITS])
     num_classes = len(args.class_names) if args.class_names else \
         max(NUM_CLASSES.get(args.data, 0), int(labels.max()) + 1)

@@ -473,11 +473,10 @@ def test_worker_writes_its_row(tmp_path):
     """Images go from the worker into their row of the output file; only the sums come back."""
     fmt = encode.get_format('ntu25')
     outputs = encode.create_outputs(tmp_path, 'train', 3, ['joint', 'bone'], 16)
-    encode._init_worker(dict(fmt=fmt, modalities=['joint', 'bone'], size=16, two_person='interleave',
-                             outputs=outputs, files={}))
+    encode._init_worker(dict(fmt=fmt, modalities=['joint', 'bone'], size=16, two_person='interleave'))
     item = ('s1', 2, 'train', ('synthetic', 2, 5))
     bodies = encode.synthetic_sequence(2, 5)
-    name, label, sums, err = encode._encode_item((1, item))
+    name, label, sums, err = encode._encode_item((1, item, outputs))
     for fd in encode._CTX['files'].values():
         encode.os.close(fd)
     assert (name, label, err) == ('s1', 2, None)
