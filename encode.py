@@ -336,7 +336,8 @@ def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
     data = Path(path).read_bytes()
     text = data + b' ' * 16
     chars = np.frombuffer(text, np.uint8)
-    line_end = np.flatnonzero(chars[:len(data)] == ord('\n'))
+    gaps = np.flatnonzero(chars <= ord(' '))                   # every whitespace byte (text ends in 16)
+    line_end = gaps[chars[gaps] == ord('\n')]
     if not data.endswith(b'\n'):
         line_end = np.append(line_end, len(data))
     line_start = np.concatenate([[0], line_end[:-1] + 1])
@@ -365,7 +366,6 @@ def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
     if not starts:
         raise EncodeError(path, 'no bodies in any frame (expected at least one skeleton)')
     joint_lines = (np.asarray(starts)[:, None] + np.arange(num_joints)).ravel()   # (N,) line numbers
-    gaps = np.flatnonzero(chars <= ord(' '))                   # every whitespace byte (text ends in 16)
     ends = gaps[np.searchsorted(gaps, line_start[joint_lines])[:, None] + np.arange(3)]    # (N, 3)
     begins = np.concatenate([line_start[joint_lines, None], ends[:, :2] + 1], 1)           # (N, 3)
     values, ok = parse_decimals(text, begins.ravel(), (ends - begins).ravel())
@@ -887,8 +887,8 @@ def _encode_item(job):
             stored = image.astype(np.float16)
             if os.pwrite(_CTX['files'][path], stored, offset + row * stored.nbytes) != stored.nbytes:
                 raise OSError(f'{path}: short write (disk full?)')
-            image = image.reshape(3, -1)                      # (3, S*S)
-            sums[m] = np.stack([image.sum(1, dtype=np.float64), np.einsum('cp,cp->c', image, image, dtype=np.float64)])
+            image = image.reshape(3, -1)                      # (3, S*S); numpy sums pairwise: float32 is exact enough
+            sums[m] = np.stack([image.sum(1), np.square(image).sum(1)]).astype(np.float64)
         return name, label if label is not None else file_label, sums, None
     except EncodeError as e:
         return name, label, None, str(e)
