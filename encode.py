@@ -272,6 +272,7 @@ def encode_sequence(bodies, fmt, modalities=MODALITIES, size=224, two_person='in
 _HIGH = np.uint64(0x8080808080808080)                          # the high bit of every byte
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _POW10 = 10 ** np.arange(16, dtype=np.uint64)
+_FIRST_BYTES = np.array([2 ** (8 * n) - 1 for n in range(9)], np.uint64)   # the first n bytes of a word
 _WORD = np.array([[0], [8]])                                   # byte offset of each word of a token
 
 
@@ -301,8 +302,7 @@ def parse_decimals(text, starts, lengths):
     exponent, a stray character, too long) come back with ok False, for the caller to convert
     one by one. text must be padded with 16 spaces."""
     words = np.ndarray((len(text) - 7,), '<u8', text, 0, (1,))[starts + _WORD]   # (2, K): bytes 0-7, 8-15
-    n = np.clip(lengths - _WORD, 0, 8).astype(np.uint64)
-    inside = (np.uint64(1) << np.uint64(8) * n) - np.uint64(1)  # (2, K): the token's bytes (1 << 64 is 0)
+    inside = _FIRST_BYTES[np.clip(lengths - _WORD, 0, 8)]      # (2, K): the token's bytes in each word
     words &= inside
     digits = _bytes_below(words, ord('9') + 1) & ~_bytes_below(words, ord('0'))
     dots = _bytes_equal(words, ord('.'))
