@@ -35,7 +35,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def get_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--only', default='encode,loader,train,probe,ddp', help='comma-separated figure groups')
+    parser.add_argument('--only', default='encode,loader,train,probe,ddp',
+                        help='comma-separated figure groups; memory (ViT-B step memory on the CPU) is opt-in')
     parser.add_argument('--workdir', default=None, help='scratch directory (default: a temporary one)')
     parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     group = parser.add_argument_group('encode')
@@ -321,6 +322,32 @@ def bench_train(args, workdir, device):
             shutil.rmtree(out_dir)
 
 
+def step_memory_gb(data_root, method, batch):
+    """Resident memory one ViT-B pretraining step adds on the CPU (float32 weights, gradients, AdamW
+    state, activations), measured in a fresh process so that nothing else set its high-water mark."""
+    code = ('import resource, torch, bench; start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; '
+            f'bench.bare_step_rate(bench.pretrain_args({data_root!r}, "vit_base_patch16", {method!r}, {batch}, 1, '
+            '"unused", "cpu"), 1, torch.device("cpu")); '
+            'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 2 ** 20)')
+    run = subprocess.run([sys.executable, '-c', code], cwd=HERE, check=True, capture_output=True, text=True)
+    return float(run.stdout.split()[-1])
+
+
+def bench_memory(args, workdir, device):
+    """Opt-in (about 2 minutes): ViT-B step memory at batch 8 and 16 on the CPU. It is linear in the
+    batch, so the two points give the memory per GPU at batch 64 (on CUDA, train_peak_memory_gb
+    measures it directly)."""
+    data_root = encode_synthetic(workdir, 224, 3)
+    for method in ('mae', 'diffmae'):
+        small, large = step_memory_gb(data_root, method, 8), step_memory_gb(data_root, method, 16)
+        per_image = (large - small) / 8
+        report('train_step_memory_gb', small, 'GiB', model='vit_base_patch16', method=method, batch=8, dtype='float32')
+        report('train_step_memory_gb', large, 'GiB', model='vit_base_patch16', method=method, batch=16, dtype='float32')
+        report('train_step_memory_gb_at_64', large + 48 * per_image, 'GiB', model='vit_base_patch16', method=method,
+               dtype='float32', per_image_gb=round(per_image, 3),
+               note='linear from batch 8 and 16; bf16 autocast on a GPU keeps most activations in half the bytes')
+
+
 # ----------------------------------------------------------------------------------------------
 # probe: feature cache speed-up; ddp: 1 vs 2 processes
 
@@ -365,7 +392,7 @@ def main(args):
     groups = args.only.split(',')
     try:
         for name, bench in [('encode', bench_encode), ('loader', bench_loader), ('train', bench_train),
-                            ('probe', bench_probe), ('ddp', bench_ddp)]:
+                            ('probe', bench_probe), ('ddp', bench_ddp), ('memory', bench_memory)]:
             if name in groups:
                 bench(args, workdir, device)
     finally:
