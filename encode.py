@@ -369,7 +369,7 @@ def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
     ends = gaps[np.searchsorted(gaps, line_start[joint_lines])[:, None] + np.arange(3)]    # (N, 3)
     begins = np.concatenate([line_start[joint_lines, None], ends[:, :2] + 1], 1)           # (N, 3)
     values, ok = parse_decimals(text, begins.ravel(), (ends - begins).ravel())
-    values, ok = values.reshape(-1, 3), ok.reshape(-1, 3).all(1)
+    values, ok = values.reshape(-1, 3), ok.reshape(-1, 3).all(1) & (ends[:, 1] < line_end[joint_lines])  # z on the line
     for n in np.flatnonzero(~ok):                              # exponents, tabs, double spaces, junk
         first_three = data[line_start[joint_lines[n]]:line_end[joint_lines[n]]].split()[:3]
         try:
@@ -1134,7 +1134,8 @@ def encode(args):
             for split in SPLITS:
                 split_items = [it for it in items if it[2] == split]
                 if not split_items:
-                    raise EncodeError(args.root or args.input or args.data, f'no {split} samples for protocol {args.protocol}')
+                    raise EncodeError(args.root or args.input or args.data,
+                                      f'no {split} samples for protocol {args.protocol}')
                 outputs = create_outputs(out_dir, split, len(split_items), modalities, args.size)
                 stream = encoded_stream(split_items, outputs, pool)
                 mv, counts[split], stats[split] = finish_split(out_dir, split, stream, outputs, len(split_items),

@@ -241,10 +241,11 @@ def test_ntu_reader_unusual_layout_falls_back(tmp_path):
     (tmp_path / 'S001C001P001R001A001.skeleton').write_text(plain)
     np.testing.assert_allclose(encode.read_ntu_skeleton(odd),
                                encode.read_ntu_skeleton(tmp_path / 'S001C001P001R001A001.skeleton'), rtol=1e-6)
-    lines[7] = '0.1 abc 0.3 0 0 0 0 0 0 0 0 2'
-    odd.write_text('\n'.join(lines))
-    with pytest.raises(encode.EncodeError, match="line 8 should start with x y z numbers, got '0.1 abc 0.3'"):
-        encode.read_ntu_skeleton(odd)
+    for bad, shown in [('0.1 abc 0.3 0 0 0 0 0 0 0 0 2', '0.1 abc 0.3'), ('0.1 0.2', '0.1 0.2')]:  # z not taken
+        lines[7] = bad                                                                  # from the next line
+        odd.write_text('\n'.join(lines))
+        with pytest.raises(encode.EncodeError, match=f"line 8 should start with x y z numbers, got '{shown}'"):
+            encode.read_ntu_skeleton(odd)
 
 
 def test_ntu_end_to_end_protocols_and_missing_list(tmp_path):
