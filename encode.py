@@ -295,13 +295,16 @@ def _byte_index(high_bit):
     return ((high_bit >> np.uint64(7)) * np.uint64(0x0001020304050607) >> np.uint64(56)).astype(np.int64)
 
 
-def parse_decimals(text, starts, lengths):
-    """Plain decimals ([+-]digits[.digits], at most 15 characters) at byte offsets of text ->
-    (float64 values, ok). Exact: the digits become one integer below 10^16 and a single division
-    by a power of ten places the dot, as float() does. Tokens that are not plain decimals (an
-    exponent, a stray character, too long) come back with ok False, for the caller to convert
-    one by one. text must be padded with 16 spaces."""
+def parse_decimals(text, starts):
+    """The tokens (up to the next whitespace) at byte offsets of text, as plain decimals
+    ([+-]digits[.digits], at most 15 characters) -> (float64 values, lengths, ok). Exact: the digits
+    become one integer below 10^16 and a single division by a power of ten places the dot, as
+    float() does. Tokens that are not plain decimals (an exponent, a stray character, too long) come
+    back with ok False, for the caller to convert one by one. text must end in 16 spaces."""
     words = np.ndarray((len(text) - 7,), '<u8', text, 0, (1,))[starts + _WORD]   # (2, K): bytes 0-7, 8-15
+    space = _bytes_below(words, ord(' ') + 1)                  # whitespace and control bytes
+    first_space = _byte_index(space & (~space + np.uint64(1)))
+    lengths = np.where(space[0] != 0, first_space[0], np.where(space[1] != 0, 8 + first_space[1], 16))
     inside = _FIRST_BYTES[np.clip(lengths - _WORD, 0, 8)]      # (2, K): the token's bytes in each word
     words &= inside
     digits = _bytes_below(words, ord('9') + 1) & ~_bytes_below(words, ord('0'))
@@ -322,7 +325,7 @@ def parse_decimals(text, starts, lengths):
     fraction_place = _POW10[15 - np.minimum(dot, 15)]          # 10^(digits after the dot, padding included)
     whole, fraction = np.divmod(v, fraction_place * np.uint64(10))
     value = (whole * fraction_place + fraction).astype(np.float64) / fraction_place.astype(np.float64)
-    return np.where(negative, -value, value), ok
+    return np.where(negative, -value, value), lengths, ok
 
 
 def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
@@ -334,10 +337,8 @@ def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
     are taken per frame slot (as st-gcn/CTR-GCN); with more than max_bodies, the most active ones
     (largest sum of per-axis std over their non-zero frames) are kept, in slot order."""
     data = Path(path).read_bytes()
-    text = data + b' ' * 16
-    chars = np.frombuffer(text, np.uint8)
-    gaps = np.flatnonzero(chars <= ord(' '))                   # every whitespace byte (text ends in 16)
-    line_end = gaps[chars[gaps] == ord('\n')]
+    text = data + b' ' * 16                                    # parse_decimals reads 16 bytes from a token
+    line_end = np.flatnonzero(np.frombuffer(data, np.uint8) == ord('\n'))
     if not data.endswith(b'\n'):
         line_end = np.append(line_end, len(data))
     line_start = np.concatenate([[0], line_end[:-1] + 1])
@@ -366,10 +367,13 @@ def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
     if not starts:
         raise EncodeError(path, 'no bodies in any frame (expected at least one skeleton)')
     joint_lines = (np.asarray(starts)[:, None] + np.arange(num_joints)).ravel()   # (N,) line numbers
-    ends = gaps[np.searchsorted(gaps, line_start[joint_lines])[:, None] + np.arange(3)]    # (N, 3)
-    begins = np.concatenate([line_start[joint_lines, None], ends[:, :2] + 1], 1)           # (N, 3)
-    values, ok = parse_decimals(text, begins.ravel(), (ends - begins).ravel())
-    values, ok = values.reshape(-1, 3), ok.reshape(-1, 3).all(1) & (ends[:, 1] < line_end[joint_lines])  # z on the line
+    values, ok = np.empty((len(joint_lines), 3)), np.ones(len(joint_lines), bool)
+    begin = line_start[joint_lines]
+    for c in range(3):                                         # x, y, z: the first three tokens of each line
+        values[:, c], lengths, token_ok = parse_decimals(text, begin)
+        ok &= token_ok
+        begin = begin + lengths + 1
+    ok &= begin <= line_end[joint_lines] + 1                   # z ended on its own line
     for n in np.flatnonzero(~ok):                              # exponents, tabs, double spaces, junk
         first_three = data[line_start[joint_lines[n]]:line_end[joint_lines[n]]].split()[:3]
         try:
@@ -887,8 +891,8 @@ def _encode_item(job):
             stored = image.astype(np.float16)
             if os.pwrite(_CTX['files'][path], stored, offset + row * stored.nbytes) != stored.nbytes:
                 raise OSError(f'{path}: short write (disk full?)')
-            image = image.reshape(3, -1)                      # (3, S*S); numpy sums pairwise: float32 is exact enough
-            sums[m] = np.stack([image.sum(1), np.square(image).sum(1)]).astype(np.float64)
+            image = image.reshape(3, -1)                      # (3, S*S); float32 sums: ~2e-6 relative
+            sums[m] = np.stack([image.sum(1), np.einsum('cp,cp->c', image, image)]).astype(np.float64)
         return name, label if label is not None else file_label, sums, None
     except EncodeError as e:
         return name, label, None, str(e)

@@ -221,10 +221,13 @@ def test_parse_decimals_exact_or_flagged():
               b'-1.4E-45', b'1.2.3', b'-', b'1x', b'1234567890123456', b'\xb0.5']     # not plain: flagged
     text = b' '.join(tokens) + b' ' * 16
     starts = np.cumsum([0] + [len(t) + 1 for t in tokens[:-1]])
-    values, ok = encode.parse_decimals(text, starts, np.array([len(t) for t in tokens]))
+    values, lengths, ok = encode.parse_decimals(text, starts)
     assert ok.tolist() == [True] * 12 + [False] * 6
+    assert lengths.tolist() == [len(t) for t in tokens]                     # up to the next space
     assert values[:12].tolist() == [0.2184366, -3.25, 12.0, -0.000123, 7.0, 0.0, 0.5, 4.25, -12345678.9,
                                     12345678901234.0, 3.785517, -0.1997358]        # == float(token), bit for bit
+    _, lengths, ok = encode.parse_decimals(b'12345678901234567 ' + b' ' * 16, np.array([0]))
+    assert lengths.tolist() == [16] and not ok[0]                            # 16: no space within 16 bytes
 
 
 def test_ntu_reader_unusual_layout_falls_back(tmp_path):
