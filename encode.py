@@ -270,9 +270,7 @@ def encode_sequence(bodies, fmt, modalities=MODALITIES, size=224, two_person='in
 # NTU .skeleton numbers are parsed eight bytes at a time (SWAR, as simdjson does): a token's 16
 # bytes are read as two little-endian uint64 words and every step below acts on all tokens at once.
 _HIGH = np.uint64(0x8080808080808080)                          # the high bit of every byte
-_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _POW10 = 10 ** np.arange(16, dtype=np.uint64)
-_FIRST_BYTES = np.array([2 ** (8 * n) - 1 for n in range(9)], np.uint64)   # the first n bytes of a word
 _WORD = np.array([[0], [8]])                                   # byte offset of each word of a token
 
 
@@ -285,44 +283,46 @@ def _bytes_below(words, value):
     return ~((words | _HIGH) - _every_byte(value)) & _HIGH
 
 
-def _bytes_equal(words, value):
-    t = words ^ _every_byte(value)
-    return ~(((t & _LOW7) + _LOW7) | t) & _HIGH
+def _count_bytes(high_bits):
+    """How many bytes of each word have their high bit set."""
+    return ((high_bits >> np.uint64(7)) * np.uint64(0x0101010101010101)) >> np.uint64(56)
 
 
-def _byte_index(high_bit):
-    """Index of the byte holding a word's only high bit (0 for none)."""
-    return ((high_bit >> np.uint64(7)) * np.uint64(0x0001020304050607) >> np.uint64(56)).astype(np.int64)
+def _before_first(high_bits):
+    """Mask of the bytes before the first byte whose high bit is set (all 8 bytes if none)."""
+    return ((high_bits & (~high_bits + np.uint64(1))) >> np.uint64(7)) - np.uint64(1)
 
 
 def parse_decimals(text, starts):
     """The tokens (up to the next whitespace) at byte offsets of text, as plain decimals
-    ([+-]digits[.digits], at most 15 characters) -> (float64 values, lengths, ok). Exact: the digits
-    become one integer below 10^16 and a single division by a power of ten places the dot, as
-    float() does. Tokens that are not plain decimals (an exponent, a stray character, too long) come
-    back with ok False, for the caller to convert one by one. text must end in 16 spaces."""
+    ([+-]digits[.digits] or [+-].digits, at most 15 characters) -> (float64 values, lengths, ok).
+    Exact: the digits become one integer below 10^16 and a single division by a power of ten places
+    the dot, as float() does. Tokens that are not plain decimals (an exponent, a stray character,
+    too long) come back with ok False, for the caller to convert one by one. text must end in 16
+    spaces."""
     words = np.ndarray((len(text) - 7,), '<u8', text, 0, (1,))[starts + _WORD]   # (2, K): bytes 0-7, 8-15
-    space = _bytes_below(words, ord(' ') + 1)                  # whitespace and control bytes
-    first_space = _byte_index(space & (~space + np.uint64(1)))
-    lengths = np.where(space[0] != 0, first_space[0], np.where(space[1] != 0, 8 + first_space[1], 16))
-    inside = _FIRST_BYTES[np.clip(lengths - _WORD, 0, 8)]      # (2, K): the token's bytes in each word
+    inside = _before_first(_bytes_below(words, ord(' ') + 1))  # (2, K): the bytes before whitespace
+    inside[1] &= -(inside[0] >> np.uint64(63))                 # word 1 only if word 0 is all token
+    lengths = _count_bytes(inside & _HIGH).sum(0).astype(np.intp)
     words &= inside
-    digits = _bytes_below(words, ord('9') + 1) & ~_bytes_below(words, ord('0'))
-    dots = _bytes_equal(words, ord('.'))
+    shifted = words ^ _every_byte(ord('0'))                    # digit bytes become their values 0-9
+    digits = _bytes_below(shifted, 10) & inside
+    dots = _bytes_below(words ^ _every_byte(ord('.')), 1) & inside
     first = words[0] & np.uint64(0xFF)
     negative = first == ord('-')
     sign = (negative | (first == ord('+'))).astype(np.uint64) << np.uint64(7)
-    dot = np.where(dots[0] != 0, _byte_index(dots[0]), np.where(dots[1] != 0, 8 + _byte_index(dots[1]), lengths))
     ok = ((digits[0] | dots[0] | sign) == inside[0] & _HIGH) & ((digits[1] | dots[1]) == inside[1] & _HIGH)
     ok &= ((words[0] | words[1]) & _HIGH) == 0                 # ASCII only
-    ok &= ((dots[0] & (dots[0] - np.uint64(1))) | (dots[1] & (dots[1] - np.uint64(1))) == 0)
-    ok &= ((dots[0] == 0) | (dots[1] == 0)) & (lengths <= 15) & (lengths > (dot < lengths) + (sign > 0))
-    v = words & ((digits >> np.uint64(7)) * np.uint64(0xFF)) & _every_byte(0x0F)   # digit values, 0 elsewhere
+    ok &= (digits[0] | digits[1]) != 0                         # at least one digit
+    ok &= (_count_bytes(dots).sum(0) <= 1) & (lengths <= 15)
+    before_dot = _count_bytes(_before_first(dots) & _HIGH)     # (2, K), 8 where a word has no dot
+    dot = np.minimum((before_dot[0] + (before_dot[0] >> np.uint64(3)) * before_dot[1]).astype(np.intp), lengths)
+    v = shifted & ((digits >> np.uint64(7)) * np.uint64(0xFF))         # digit values, 0 elsewhere
     v = (v * np.uint64(10 * 2 ** 8 + 1)) >> np.uint64(8)               # pairs of digits
     v = ((v & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(100 * 2 ** 16 + 1)) >> np.uint64(16)   # fours
     v = ((v & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(10000 * 2 ** 32 + 1)) >> np.uint64(32)  # eights
     v = v[0] * np.uint64(10 ** 8) + v[1]                       # sum of digit_c * 10^(15 - c), the dot a 0
-    fraction_place = _POW10[15 - np.minimum(dot, 15)]          # 10^(digits after the dot, padding included)
+    fraction_place = _POW10[15 - dot]                          # 10^(digits after the dot, padding included)
     whole, fraction = np.divmod(v, fraction_place * np.uint64(10))
     value = (whole * fraction_place + fraction).astype(np.float64) / fraction_place.astype(np.float64)
     return np.where(negative, -value, value), lengths, ok

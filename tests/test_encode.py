@@ -218,11 +218,11 @@ def test_ntu_reader_one_two_three_bodies(tmp_path):
 def test_parse_decimals_exact_or_flagged():
     tokens = [b'0.2184366', b'-3.25', b'12', b'-0.000123', b'7.', b'0', b'.5', b'+4.25', b'-12345678.9',
               b'12345678901234', b'3.785517', b'-0.1997358',                          # plain: parsed
-              b'-1.4E-45', b'1.2.3', b'-', b'1x', b'1234567890123456', b'\xb0.5']     # not plain: flagged
+              b'-1.4E-45', b'1.2.3', b'-', b'-.', b'1x', b'1234567890123456', b'\xb0.5']     # not plain: flagged
     text = b' '.join(tokens) + b' ' * 16
     starts = np.cumsum([0] + [len(t) + 1 for t in tokens[:-1]])
     values, lengths, ok = encode.parse_decimals(text, starts)
-    assert ok.tolist() == [True] * 12 + [False] * 6
+    assert ok.tolist() == [True] * 12 + [False] * 7
     assert lengths.tolist() == [len(t) for t in tokens]                     # up to the next space
     assert values[:12].tolist() == [0.2184366, -3.25, 12.0, -0.000123, 7.0, 0.0, 0.5, 4.25, -12345678.9,
                                     12345678901234.0, 3.785517, -0.1997358]        # == float(token), bit for bit
