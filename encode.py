@@ -329,44 +329,70 @@ def parse_decimals(text, starts):
 
 
 def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
-    """NTU RGB+D 60/120 .skeleton text file -> (max_bodies, T, J, 3). One line per record: a frame
-    count, then per frame a body count and per body an info line, a joint count and one line of 12
-    values per joint, of which x, y, z are the first three. The lines are found with numpy, walked
-    per frame and body for the counts, and the 3 x J numbers of every body parsed at once
+    """NTU RGB+D 60/120 .skeleton text file -> (max_bodies, T, J, 3); see read_ntu_skeletons."""
+    skeletons = read_ntu_skeletons([path], num_joints, max_bodies)[0]
+    if isinstance(skeletons, Exception):
+        raise skeletons
+    return skeletons
+
+
+def read_ntu_skeletons(paths, num_joints=25, max_bodies=2):
+    """NTU RGB+D 60/120 .skeleton text files -> one (max_bodies, T, J, 3) array, or the EncodeError
+    or OSError that file raised, per path. One line per record: a frame count, then per frame a body
+    count and per body an info line, a joint count and one line of 12 values per joint, of which x,
+    y, z are the first three. The files are joined so that every numpy step runs once for all of
+    them (for one file, per-call overhead is half the cost): the lines are found with numpy, walked
+    per frame and body for the counts, and the x, y, z of every joint line parsed at once
     (parse_decimals); a line that is not plain single-spaced decimals falls back to float(). Bodies
     are taken per frame slot (as st-gcn/CTR-GCN); with more than max_bodies, the most active ones
     (largest sum of per-axis std over their non-zero frames) are kept, in slot order."""
-    data = Path(path).read_bytes()
-    text = data + b' ' * 16                                    # parse_decimals reads 16 bytes from a token
-    line_end = np.flatnonzero(np.frombuffer(data, np.uint8) == ord('\n'))
-    if not data.endswith(b'\n'):
-        line_end = np.append(line_end, len(data))
+    results, texts = [], []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+            texts.append(data if data.endswith(b'\n') else data + b'\n')
+            results.append(None)
+        except OSError as e:
+            results.append(e)
+    text = b''.join(texts) + b' ' * 16                         # parse_decimals reads 16 bytes from a token
+    line_end = np.flatnonzero(np.frombuffer(text, np.uint8) == ord('\n'))
     line_start = np.concatenate([[0], line_end[:-1] + 1])
-    lines = line_start.tolist() + [len(data)]
-    try:
-        n_frames, k = int(data[:lines[1]]), 1
-        if n_frames < 0:
-            raise IndexError
-        starts, slot_of = [], []                              # first joint line of each body
-        for t in range(n_frames):
-            n_bodies = int(data[lines[k]:lines[k + 1]]); k += 1
-            for m in range(n_bodies):
-                k += 1                                         # body info line
-                n_joints = int(data[lines[k]:lines[k + 1]]); k += 1
-                if n_joints != num_joints:
-                    raise EncodeError(path, f'body with {n_joints} joints, expected {num_joints} (ntu25)')
-                starts.append(k); slot_of.append((t, m))
-                k += n_joints
-        if k > len(line_start):
-            raise IndexError
-    except IndexError:
-        raise EncodeError(path, 'truncated .skeleton file (expected frame count, then per frame a body '
-                                'count, per body 10 info values, a joint count and 12 values per joint)')
-    except ValueError as e:
-        raise EncodeError(path, f'corrupt .skeleton file, expected a count ({e})')
-    if not starts:
-        raise EncodeError(path, 'no bodies in any frame (expected at least one skeleton)')
-    joint_lines = (np.asarray(starts)[:, None] + np.arange(num_joints)).ravel()   # (N,) line numbers
+    lines = line_start.tolist() + [len(text) - 16]
+    file_lines = np.searchsorted(line_end, np.cumsum([0] + [len(t) for t in texts])).tolist()  # first line of each
+    layout = {}                            # k -> (first line, frames, per body: first joint line, (frame, slot))
+    for k, first_line, end_line in zip([k for k, r in enumerate(results) if r is None], file_lines, file_lines[1:]):
+        own = lines[first_line:end_line + 1]                   # this file's line starts, then its end
+        try:
+            n_frames, line = int(text[own[0]:own[1]]), 1
+            if n_frames < 0:
+                raise IndexError
+            starts, slot_of = [], []
+            for t in range(n_frames):
+                n_bodies = int(text[own[line]:own[line + 1]]); line += 1
+                for m in range(n_bodies):
+                    line += 1                                  # body info line
+                    n_joints = int(text[own[line]:own[line + 1]]); line += 1
+                    if n_joints != num_joints:
+                        raise EncodeError(paths[k], f'body with {n_joints} joints, expected {num_joints} (ntu25)')
+                    starts.append(first_line + line); slot_of.append((t, m))
+                    line += n_joints
+            if line >= len(own):
+                raise IndexError
+            if not starts:
+                raise EncodeError(paths[k], 'no bodies in any frame (expected at least one skeleton)')
+            layout[k] = (first_line, n_frames, starts, slot_of)
+        except IndexError:
+            results[k] = EncodeError(paths[k], 'truncated .skeleton file (expected frame count, then per frame '
+                                               'a body count, per body 10 info values, a joint count and 12 '
+                                               'values per joint)')
+        except ValueError as e:
+            results[k] = EncodeError(paths[k], f'corrupt .skeleton file, expected a count ({e})')
+        except EncodeError as e:
+            results[k] = e
+    if not layout:
+        return results
+    body_start = np.concatenate([starts for _, _, starts, _ in layout.values()])
+    joint_lines = (body_start[:, None] + np.arange(num_joints)).ravel()   # (N,) line numbers
     values, ok = np.empty((len(joint_lines), 3)), np.ones(len(joint_lines), bool)
     begin = line_start[joint_lines]
     for c in range(3):                                         # x, y, z: the first three tokens of each line
@@ -374,24 +400,37 @@ def read_ntu_skeleton(path, num_joints=25, max_bodies=2):
         ok &= token_ok
         begin = begin + lengths + 1
     ok &= begin <= line_end[joint_lines] + 1                   # z ended on its own line
+    first_value = np.cumsum([0] + [len(starts) * num_joints for _, _, starts, _ in layout.values()])
+    first_value = dict(zip(layout, first_value.tolist()))     # k -> its first row of values
     for n in np.flatnonzero(~ok):                              # exponents, tabs, double spaces, junk
-        first_three = data[line_start[joint_lines[n]]:line_end[joint_lines[n]]].split()[:3]
+        first_three = text[line_start[joint_lines[n]]:line_end[joint_lines[n]]].split()[:3]
         try:
             values[n] = [float(v) for v in first_three]        # fewer than 3: ValueError too
         except ValueError:
-            raise EncodeError(path, f'corrupt .skeleton file, line {joint_lines[n] + 1} should start with '
-                                    f'x y z numbers, got {b" ".join(first_three).decode(errors="replace")!r}')
+            k = max(k for k in layout if first_value[k] <= n)
+            if results[k] is None:
+                results[k] = EncodeError(paths[k], f'corrupt .skeleton file, line {joint_lines[n] - layout[k][0] + 1} '
+                                                   f'should start with x y z numbers, got '
+                                                   f'{b" ".join(first_three).decode(errors="replace")!r}')
+    for k, (_, n_frames, starts, slot_of) in layout.items():
+        if results[k] is None:
+            body_values = values[first_value[k]:first_value[k] + len(starts) * num_joints]
+            results[k] = _skeletons_by_slot(body_values.reshape(len(starts), num_joints, 3), n_frames, slot_of,
+                                            max_bodies)
+    return results
+
+
+def _skeletons_by_slot(values, n_frames, slot_of, max_bodies):
+    """Joint values (N, J, 3) of N bodies at (frame, slot) -> (max_bodies, T, J, 3), zeros where absent."""
     frame, slot = np.array(slot_of).T
-    slots = slot.max() + 1
-    skeletons = np.zeros((slots, n_frames, num_joints, 3), np.float32)
-    skeletons[slot, frame] = values.reshape(len(starts), num_joints, 3)
-    if slots > max_bodies:
+    skeletons = np.zeros((slot.max() + 1, n_frames) + values.shape[1:], np.float32)
+    skeletons[slot, frame] = values
+    if len(skeletons) > max_bodies:
         energy = []
-        for m in range(slots):
-            s = skeletons[m][np.abs(skeletons[m]).sum(axis=(1, 2)) > 0]
+        for s in skeletons:
+            s = s[np.abs(s).sum(axis=(1, 2)) > 0]
             energy.append(sum(s[:, :, c].std() for c in range(3)) if len(s) else 0.0)
-        keep = sorted(np.argsort(energy)[::-1][:max_bodies])
-        skeletons = skeletons[keep]
+        skeletons = skeletons[sorted(np.argsort(energy)[::-1][:max_bodies])]
     return skeletons
 
 
@@ -873,14 +912,25 @@ def _init_worker(ctx):
     _CTX.update(ctx, files={})                                 # files: output path -> open descriptor
 
 
-def _encode_item(job):
-    """Worker: (row, item, outputs) -> (name, label, {modality: (2, 3) per-channel sum and sum of squares} or
-    None, error message or None). The float16 images go straight from here into row `row` of the
-    split's output files with os.pwrite: nothing crosses the pool's pipe but a few numbers, nothing
-    is mapped, so memory stays flat however long the split. The sums are of the float32 images."""
+def _encode_items(jobs):
+    """Worker: [(row, item, outputs)] -> [(name, label, {modality: (2, 3) per-channel sum and sum of
+    squares} or None, error message or None)]. The float16 images go straight from here into row
+    `row` of the split's output files with os.pwrite: nothing crosses the pool's pipe but a few
+    numbers, nothing is mapped, so memory stays flat however long the split. The sums are of the
+    float32 images. NTU files come in chunks and are read together (read_ntu_skeletons)."""
+    refs = [item[3] for _, item, _ in jobs]
+    ntu = [k for k, ref in enumerate(refs) if ref[0] == 'ntu']
+    loaded = dict(zip(ntu, read_ntu_skeletons([refs[k][1] for k in ntu], _CTX['fmt']['num_joints'])))
+    return [_encode_item(job, loaded.get(k)) for k, job in enumerate(jobs)]
+
+
+def _encode_item(job, loaded=None):
+    """One item of _encode_items; loaded: its skeletons (or the error reading them) if already read."""
     row, (name, label, split, ref), outputs = job
     try:
-        bodies, file_label = load_item(ref, _CTX['fmt']['num_joints'])
+        if isinstance(loaded, Exception):
+            raise loaded
+        bodies, file_label = (loaded, None) if loaded is not None else load_item(ref, _CTX['fmt']['num_joints'])
         imgs = encode_sequence(bodies, _CTX['fmt'], _CTX['modalities'], _CTX['size'], _CTX['two_person'],
                                where=ref[1] if len(ref) > 1 else name)
         sums = {}
@@ -909,17 +959,15 @@ def worker_pool(ctx, workers):
     return mp.get_context('spawn' if sys.platform == 'win32' else 'fork').Pool(workers, _init_worker, (ctx,))
 
 
-def encoded_stream(items, outputs, pool=None, window=256):
+def encoded_stream(items, outputs, pool=None, chunk=8):
     """Generator of (name, label, sums | None, error | None), in the order of items, item k written
-    to row k of outputs. With a pool its workers load, encode and write; items are submitted in
-    windows so memory stays bounded."""
+    to row k of outputs. Workers (or this process) load, encode and write chunks of `chunk` items;
+    what comes back is a few numbers per item, so nothing piles up however long the split."""
     jobs = [(row, item, outputs) for row, item in enumerate(items)]
-    if pool is not None:
-        for k in range(0, len(jobs), window):
-            yield from pool.imap(_encode_item, jobs[k:k + window], chunksize=8)
-        return
+    chunks = [jobs[k:k + chunk] for k in range(0, len(jobs), chunk)]
     try:
-        yield from map(_encode_item, jobs)
+        for results in (pool.imap if pool is not None else map)(_encode_items, chunks):
+            yield from results
     finally:
         for fd in _CTX['files'].values():
             os.close(fd)

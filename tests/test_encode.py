@@ -251,6 +251,54 @@ def test_ntu_reader_unusual_layout_falls_back(tmp_path):
             encode.read_ntu_skeleton(odd)
 
 
+def test_ntu_files_read_together_stay_apart(tmp_path):
+    """read_ntu_skeletons parses a chunk of files at once: each gets its own array or its own error,
+    with line numbers of its own file; a file without a final newline does not run into the next."""
+    rng = np.random.default_rng(12)
+    frames = {'one': [[b] for b in body(rng, 3)], 'two': [[a, b] for a, b in zip(body(rng, 2), body(rng, 2))]}
+    paths = {k: tmp_path / f'{k}.skeleton' for k in ['one', 'bad', 'two', 'cut', 'gone', 'last']}
+    paths['one'].write_text(ntu_text(frames['one']))
+    lines = ntu_text(frames['one']).split('\n')
+    lines[9] = '0.1 0.2 zz 0 0 0 0 0 0 0 0 2'                   # joint 5 of frame 0
+    paths['bad'].write_text('\n'.join(lines))
+    paths['two'].write_text(ntu_text(frames['two']).rstrip('\n'))  # no final newline
+    paths['cut'].write_text('\n'.join(ntu_text(frames['one']).split('\n')[:40]))
+    paths['last'].write_text(ntu_text([frames['two'][0][:1]]))     # one frame, its first body
+    one, bad, two, cut, gone, last = encode.read_ntu_skeletons(list(paths.values()))
+    np.testing.assert_allclose(one[0], np.array(frames['one']).squeeze(1), atol=1e-5)
+    assert two.shape == (2, 2, 25, 3) and last.shape == (1, 1, 25, 3)
+    np.testing.assert_allclose(two.transpose(1, 0, 2, 3), np.array(frames['two']), atol=1e-5)
+    np.testing.assert_array_equal(last[0, 0], two[0, 0])
+    assert isinstance(bad, encode.EncodeError) and str(paths['bad']) in str(bad)
+    assert "line 10 should start with x y z numbers, got '0.1 0.2 zz'" in str(bad)
+    assert isinstance(cut, encode.EncodeError) and 'truncated' in str(cut) and str(paths['cut']) in str(cut)
+    assert isinstance(gone, FileNotFoundError)
+    for k in ['one', 'two', 'last']:                            # the same as read one by one
+        np.testing.assert_array_equal(encode.read_ntu_skeleton(paths[k]), locals()[k])
+
+
+def test_ntu_chunks_write_every_row_in_place(tmp_path):
+    """NTU items go to the workers in chunks; a corrupt file inside a chunk is skipped and every
+    stored row still belongs to its name."""
+    rng = np.random.default_rng(13)
+    root = tmp_path / 'ntu'
+    root.mkdir()
+    names = [f'S001C001P001R001A{a:03d}' for a in range(1, 12)]          # P001: all train in xsub
+    for n in names:
+        (root / f'{n}.skeleton').write_text(ntu_text([[b] for b in body(rng, 4)]))
+    (root / f'{names[3]}.skeleton').write_text('4\n1\n')                     # truncated
+    (root / 'S001C001P003R001A001.skeleton').write_text(ntu_text([[b] for b in body(rng, 4)]))  # test
+    meta = run(['--data', 'ntu60', '--root', root, '--out', tmp_path / 'out', '--size', 8, '--workers', 2])
+    d = tmp_path / 'out' / 'ntu60' / 'xsub'
+    kept = names[:3] + names[4:]
+    assert (d / 'train_names.txt').read_text().split() == kept and meta['counts']['train'] == 10
+    assert meta['skipped'][0]['name'] == names[3] and 'truncated' in meta['skipped'][0]['reason']
+    fmt = encode.get_format('ntu25')
+    for name, image in zip(kept, np.load(d / 'train_joint.npy')):
+        expected = encode.encode_sequence(encode.read_ntu_skeleton(root / f'{name}.skeleton'), fmt, ['joint'], 8)
+        np.testing.assert_array_equal(image, expected['joint'].astype(np.float16))
+
+
 def test_ntu_end_to_end_protocols_and_missing_list(tmp_path):
     names = make_ntu(tmp_path / 'ntu', np.random.default_rng(1))
     (tmp_path / 'ntu' / 'NTU_RGBD_samples_with_missing_skeletons.txt').write_text('S002C003P002R002A003\n')
