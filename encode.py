@@ -196,10 +196,9 @@ def s2i(sequence, fmt, size=224, joints_file=None):
     if x.ndim != 3 or x.shape[1] != fmt['num_joints'] or x.shape[0] < 1:
         raise EncodeError('s2i', f"expected a (T, {fmt['num_joints']}, C) sequence for {fmt['name']}, got {x.shape}")
     t, j, c = x.shape
-    x = x[:, fmt['order'], :]                                  # body-part order
-    rows = interp_matrix(t, size) @ x.reshape(t, j * c)        # (S, J*C): time axis
-    rows = rows.reshape(size, j, c).transpose(2, 0, 1)         # (C, S, J)
-    return np.ascontiguousarray(rows @ interp_matrix(j, size).T)  # (C, S, S): joint axis
+    x = np.ascontiguousarray(x[:, fmt['order'], :].transpose(2, 0, 1))   # (C, T, J), body-part order
+    rows = interp_matrix(t, size) @ x                          # (C, S, J): time axis
+    return (rows.reshape(c * size, j) @ interp_matrix(j, size).T).reshape(c, size, size)  # joint axis
 
 
 # ----------------------------------------------------------------------------------------------
