@@ -3,8 +3,9 @@
 Every ratio is taken within one run (a figure and its reference side by side), so it holds on a
 noisy machine. `python bench.py` runs all on CPU in a few minutes; `--only encode,loader` picks.
 
-  encode    NTU .skeleton files parsed + encoded per second (files written here, ~290 KB, 90 frames,
-            a fifth with two bodies) and peak resident memory of the whole encode at two split sizes
+  encode    NTU .skeleton files parsed + encoded per second, median of 3 runs (files written here,
+            ~290 KB, 90 frames, a fifth with two bodies), and peak resident memory of the whole
+            encode at two split sizes
   loader    S2I images per second from the encoded memmap to a ready batch (per loader process),
             then augmentation + normalisation per second on the device
   train     pretrain.py's real loop vs a bare forward+backward+step on a preloaded batch
@@ -153,9 +154,13 @@ def bench_encode(args, workdir, device):
     out = os.path.join(workdir, 'encoded')
     command = [sys.executable, 'encode.py', '--data', 'ntu120', '--root', root, '--out', out,
                '--modality', 'joint', '--workers', str(args.workers), '--quiet']
-    seconds, _, _ = run_measured(command, sample_memory=False)
+    runs = []
+    for _ in range(3):                      # the median of three: one run on this shared machine can be 30% off
+        shutil.rmtree(out, ignore_errors=True)
+        runs.append(run_measured(command, sample_memory=False)[0])
+    seconds = float(np.median(runs))
     report('encode_files_per_s', args.files / seconds, 'files/s', files=args.files, seconds=round(seconds, 2),
-           workers=args.workers, modality='joint', size=224)
+           runs_s=[round(r, 2) for r in runs], workers=args.workers, modality='joint', size=224)
     started = time.perf_counter()
     for name in os.listdir(root):
         with open(os.path.join(root, name), 'rb') as f:
