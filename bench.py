@@ -11,7 +11,7 @@ noisy machine. `python bench.py` runs all on CPU in a few minutes; `--only encod
   train     pretrain.py's real loop vs a bare forward+backward+step on a preloaded batch
             (train_loop_efficiency), vit_test and ViT-B; on CUDA also bf16 model FLOPs utilisation
   probe     linear-probe wall time with and without --cache-features
-  ddp       pretraining throughput with 1 vs 2 processes (gloo on CPU, NCCL on GPUs)
+  ddp       pretraining throughput with 1 vs 2 processes (NCCL with 2+ GPUs, else gloo on the CPU)
 """
 import argparse
 import contextlib
@@ -260,6 +260,9 @@ def model_flops_per_image(model, batch, device):
 
 def bare_step_rate(args_list, steps, device):
     """Images/s of forward + backward + AdamW step on one batch already on the device."""
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)            # this model's peak, not the previous one's
     args = pretrain.get_args(args_list)
     protocol = common.resolve_protocol(args.data_root, 'synthetic', None)
     meta = common.load_meta(args.data_root, 'synthetic', protocol)
@@ -374,20 +377,28 @@ def bench_probe(args, workdir, device):
            size=64, train_samples=360, seconds_plain=round(seconds[False], 1), seconds_cached=round(seconds[True], 1))
 
 
+def ddp_device(device):
+    """NCCL across GPUs needs a GPU per process: with fewer than 2, the 1 vs 2 comparison runs on the
+    CPU with gloo."""
+    return 'cuda' if device.type == 'cuda' and torch.cuda.device_count() >= 2 else 'cpu'
+
+
 def bench_ddp(args, workdir, device):
     data_root = encode_synthetic(workdir, 64, 60)
+    ddp_on = ddp_device(device)
     rates = {}
     for processes in (1, 2):
         out_dir = os.path.join(workdir, f'ddp_{processes}')
-        args_list = pretrain_args(data_root, 'vit_test', 'diffmae', 64, 2, out_dir, device.type,
+        args_list = pretrain_args(data_root, 'vit_test', 'diffmae', 64, 2, out_dir, ddp_on,
                                   ['--decoder-depth', '2', '--decoder-dim', '128', '--decoder-heads', '4'])
         launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
         subprocess.run(launcher + ['pretrain.py', *args_list], cwd=HERE, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         rates[processes] = last_epoch_rate(out_dir)
         report('ddp_images_per_s', rates[processes], 'images/s', processes=processes, model='vit_test', size=64,
-               batch=64, backend='nccl' if device.type == 'cuda' else 'gloo')
-    report('ddp_scaling_2_vs_1', rates[2] / rates[1], 'ratio', note='on CPU both share the same cores')
+               batch=64, backend='nccl' if ddp_on == 'cuda' else 'gloo')
+    report('ddp_scaling_2_vs_1', rates[2] / rates[1], 'ratio',
+           note='one GPU per process' if ddp_on == 'cuda' else 'on CPU both share the same cores')
 
 
 def main(args):

@@ -1,5 +1,6 @@
-"""bench.py's generated NTU files: realistic enough that the real reader takes them as NTU data."""
+"""bench.py's helpers: generated NTU files real enough for the real reader, and the DDP device choice."""
 import numpy as np
+import torch
 
 import bench
 import encode
@@ -22,3 +23,12 @@ def test_generated_names_are_distinct_ntu_names():
     assert len(set(names)) == 20000
     info = encode.parse_ntu_name(names[12345])
     assert 1 <= info['action'] <= 120 and 1 <= info['performer'] <= 106 and 1 <= info['camera'] <= 3
+
+
+def test_ddp_bench_needs_a_gpu_per_process(monkeypatch):
+    """One GPU cannot hold two NCCL ranks: the 1 vs 2 process comparison then runs on the CPU."""
+    cuda = torch.device('cuda')
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    assert bench.ddp_device(cuda) == 'cpu' and bench.ddp_device(torch.device('cpu')) == 'cpu'
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 8)
+    assert bench.ddp_device(cuda) == 'cuda'
