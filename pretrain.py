@@ -269,7 +269,7 @@ class MAE(nn.Module):
         """Predicted patches (N, Lm, p*p*3) of the masked positions."""
         latent = self.decoder_embed(encode_visible(self.encoder, images, ids_keep))   # (N, 1 + Lv, Dd)
         n, length = images.shape[0], self.grid ** 2
-        tokens = self.mask_token.expand(n, length, -1)                               # (N, L, Dd)
+        tokens = self.mask_token.to(latent.dtype).expand(n, length, -1)             # (N, L, Dd); bf16 under autocast
         tokens = torch.scatter(tokens, 1, ids_keep[..., None].expand(-1, -1, latent.shape[-1]), latent[:, 1:])
         x = torch.cat([latent[:, :1], tokens], dim=1) + self.decoder_pos_embed       # (N, 1 + L, Dd)
         for block in self.decoder_blocks:

@@ -162,6 +162,24 @@ def test_loss_falls(data, method):
     assert sum(later > earlier for earlier, later in zip(losses, losses[1:])) <= 2, losses
 
 
+@pytest.mark.parametrize('method', ['mae', 'diffmae'])
+def test_bf16_autocast_step(tmp_path, method):
+    """On CUDA the loop runs under bf16 autocast: a step must run there and reach every weight (CPU
+    autocast takes the same dtype rules)."""
+    args = run_args(tmp_path, '--method', method)
+    torch.manual_seed(0)
+    model = pretrain.build_model(args, SIZE)
+    images = torch.randn(4, 3, SIZE, SIZE)
+    mask = pretrain.make_masks('random', 4, model.grid, 0.75, slice(None), CPU)
+    ids_keep, ids_masked = pretrain.split_ids(mask, pretrain.num_masked('random', model.grid, 0.75))
+    noise = torch.randn(ids_masked.shape + (model.patch ** 2 * 3,))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = model(images, ids_keep, ids_masked, torch.randint(0, 1000, (4,)), noise)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_outputs_and_checkpoint_roundtrip(data, monkeypatch):
     made = []
     build = pretrain.build_model
