@@ -497,7 +497,10 @@ def restore_checkpoint(path, model, optimizer):
     """Load save_checkpoint's file into model and optimizer, restore the RNG; returns the whole state."""
     state = load_checkpoint(path)
     unwrap(model).load_state_dict(state['model'])
+    fused = [group.get('fused') for group in optimizer.param_groups]
     optimizer.load_state_dict(state['optimizer'])
+    for group, value in zip(optimizer.param_groups, fused):    # this device decides, not the writer's
+        group['fused'] = value
     set_rng_state(state['rng'])
     return state
 

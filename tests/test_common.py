@@ -135,3 +135,17 @@ def test_accuracy_and_per_class():
     # top-1 predictions 0, 2, 1, 0 -> 2 of 4 right; top-2 sets {0,1}, {2,1}, {1,2}, {0,1} -> 3 of 4
     assert common.accuracy(logits, labels, ks=(1, 2)) == {'top1': 50.0, 'top2': 75.0}
     assert common.per_class_accuracy(logits.argmax(1), labels, 4) == [100.0, 50.0, 0.0, None]
+
+
+def test_resume_keeps_this_devices_fused_setting(tmp_path):
+    """A checkpoint written with fused AdamW (a GPU run) resumes unfused elsewhere, state intact."""
+    weight = torch.nn.Linear(3, 2)
+    written = torch.optim.AdamW(weight.parameters(), fused=True)
+    weight(torch.ones(1, 3)).sum().backward()
+    written.step()
+    common.save_checkpoint(str(tmp_path), weight, written, 4, argparse.Namespace(lr=1e-3))
+    resumed = torch.optim.AdamW(weight.parameters(), fused=False)
+    state = common.restore_checkpoint(str(tmp_path / 'checkpoint.pth'), weight, resumed)
+    assert state['epoch'] == 4 and resumed.param_groups[0]['fused'] is False
+    exp_avg = resumed.state[weight.weight]['exp_avg']
+    assert torch.allclose(exp_avg, written.state[weight.weight]['exp_avg']) and exp_avg.abs().sum() > 0
