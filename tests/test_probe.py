@@ -1,6 +1,7 @@
 """probe.py: the encoder stays frozen, the head learns, result files have the contract's shapes."""
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -25,10 +26,14 @@ def encoded(tmp_path):
     return tmp_path, path
 
 
+def probe_argv(tmp_path, encoder, *extra):
+    return ['--data', 'synthetic', '--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', encoder,
+            '--output-dir', str(tmp_path / 'run'), '--num-workers', '0', '--batch-size', '16', '--warmup-epochs', '1',
+            '--print-every', '1000', *extra]
+
+
 def probe_args(tmp_path, encoder, *extra):
-    return probe.get_args(['--data', 'synthetic', '--data-root', str(tmp_path / 'data'), '--model', 'vit_test',
-                           '--init', encoder, '--output-dir', str(tmp_path / 'run'), '--num-workers', '0',
-                           '--batch-size', '16', '--warmup-epochs', '1', '--print-every', '1000', *extra])
+    return probe.get_args(probe_argv(tmp_path, encoder, *extra))
 
 
 def test_encoder_frozen_head_trained(encoded, monkeypatch):
@@ -97,3 +102,31 @@ def test_cached_features_learn_and_resume(encoded):
 def test_missing_init_is_a_clear_error():
     with pytest.raises(SystemExit, match='encoder.pth'):
         probe.get_args(['--data', 'synthetic'])
+
+
+def test_two_processes_score_with_one_head(encoded):
+    """Under torchrun each rank scores its shard of the test set; all shards must see rank 0's head,
+    BatchNorm statistics included (the saved checkpoint reproduces every logit)."""
+    tmp_path, encoder_path = encoded
+    argv = probe_argv(tmp_path, encoder_path, '--epochs', '2', '--blr', '1.0')
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'probe.py')
+    run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          script, *argv], env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True,
+                         text=True, timeout=300)
+    args = probe.get_args(argv)
+    assert run.returncode == 0, run.stderr[-2000:]
+    args.protocol = common.resolve_protocol(args.data_root, 'synthetic', None)
+    out_dir = common.output_dir(args, 'probe', 'linear')
+    encoder = common.build_encoder('vit_test', img_size=32)
+    common.load_encoder_weights(encoder, encoder_path, 'vit_test', log=lambda *a: None)
+    head = probe.make_probe_head(encoder.embed_dim, 4)
+    head.load_state_dict(torch.load(os.path.join(out_dir, 'checkpoint.pth'), weights_only=False)['model'])
+    protocol = common.resolve_protocol(args.data_root, 'synthetic', None)
+    meta = common.load_meta(args.data_root, 'synthetic', protocol)
+    mean, std = common.channel_stats(meta, 'joint', torch.device('cpu'))
+    test_path, test_labels, _ = common.read_split(args.data_root, 'synthetic', protocol, 'test', 'joint')
+    features = probe.extract_all(lambda x: encoder.eval()(x), common.S2IDataset([test_path], [test_labels]), 8, args,
+                                 torch.device('cpu'), mean, std, common.is_planar(meta))
+    with torch.no_grad():
+        expected = head.eval()(features).numpy()
+    np.testing.assert_allclose(np.load(os.path.join(out_dir, 'test_logits.npy')), expected, rtol=1e-4, atol=1e-5)
