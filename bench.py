@@ -320,8 +320,8 @@ def bench_train(args, workdir, device):
             report('train_loop_efficiency', loop / bare, 'ratio', **settings_out)
             report('train_gflops_per_image', flops / 1e9, 'GFLOP', **settings_out)
             if cuda:
-                peak = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
-                name = torch.cuda.get_device_name(device)
+                peak = {'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
+                name = torch.cuda.get_device_name(device)               # dense bf16 peaks; the first match wins
                 peak_flops = next((v for k, v in peak.items() if k in name), None)
                 if peak_flops:
                     report('train_mfu', bare * flops / peak_flops, 'fraction', gpu=name, peak_tflops=peak_flops / 1e12,
