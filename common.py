@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import time
 from functools import partial
 
 import numpy as np
@@ -532,6 +533,14 @@ def resume_path(resume, out_dir):
 
 def load_checkpoint(path):
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def epoch_record(epoch, loss_sum, steps, lr, images, epoch_start):
+    """log.jsonl's line for a finished epoch of probe or fine-tuning. The loss's .item() waits for
+    the GPU, so the time read after it covers every step queued in the epoch."""
+    loss = all_reduce_mean(loss_sum / max(1, steps)).item()
+    seconds = time.time() - epoch_start
+    return {'epoch': epoch, 'loss': loss, 'lr': lr, 'time': seconds, 'images_per_s': images / seconds}
 
 
 def log_jsonl(path, record):

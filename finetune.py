@@ -193,10 +193,7 @@ def main(args):
             if step % args.print_every == 0:
                 say(f'epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} '
                     f'lr {lr_now(optimizer):.4g} {seen * world / (time.time() - epoch_start):.0f} img/s')
-        epoch_loss = common.all_reduce_mean(loss_sum / max(1, step + 1)).item()   # waits for the GPU
-        epoch_time = time.time() - epoch_start
-        record = {'epoch': epoch, 'loss': epoch_loss, 'lr': lr_now(optimizer), 'time': epoch_time,
-                  'images_per_s': seen * world / epoch_time}
+        record = common.epoch_record(epoch, loss_sum, step + 1, lr_now(optimizer), seen * world, epoch_start)
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_every == 0 or last:
             model.eval()

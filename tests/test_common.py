@@ -1,6 +1,7 @@
 """common.py: the reader, augmentation, schedule, optimiser groups and metrics the stages share."""
 import argparse
 import math
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +150,10 @@ def test_resume_keeps_this_devices_fused_setting(tmp_path):
     assert state['epoch'] == 4 and resumed.param_groups[0]['fused'] is False
     exp_avg = resumed.state[weight.weight]['exp_avg']
     assert torch.allclose(exp_avg, written.state[weight.weight]['exp_avg']) and exp_avg.abs().sum() > 0
+
+
+def test_epoch_record_mean_loss_and_rate():
+    started = time.time() - 2.0                                  # an epoch of 2 s
+    record = common.epoch_record(3, torch.tensor(6.0), 4, 0.1, 100, started)
+    assert record['epoch'] == 3 and record['loss'] == 1.5 and record['lr'] == 0.1
+    assert 2.0 <= record['time'] < 2.5 and abs(record['images_per_s'] - 100 / record['time']) < 1e-9
