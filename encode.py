@@ -626,7 +626,8 @@ def synthetic_sequence(label, seed):
 
 # ----------------------------------------------------------------------------------------------
 # listing: every dataset is first listed as items (name, label, split, ref) so N is known before
-# any array is allocated; load_item(ref) reads one sample (in a worker process when --workers > 1).
+# any array is allocated; load_item(ref) reads one sample (in a worker process when --workers > 1),
+# except NTU files, which the workers read a chunk at a time (read_ntu_skeletons).
 
 def _files(root, pattern, what):
     root = Path(root)
