@@ -9,7 +9,9 @@ noisy machine. `python bench.py` runs all on CPU in a few minutes; `--only encod
   loader    S2I images per second from the encoded memmap to a ready batch (per loader process),
             then augmentation + normalisation per second on the device
   train     pretrain.py's real loop vs a bare forward+backward+step on a preloaded batch
-            (train_loop_efficiency), vit_test and ViT-B; on CUDA also bf16 model FLOPs utilisation
+            (train_loop_efficiency), vit_test and ViT-B, and a bare fine-tuning step (finetune.py's
+            model: class-token head, drop path 0.1); on CUDA also bf16 model FLOPs utilisation and
+            peak memory
   probe     linear-probe wall time with and without --cache-features
   ddp       pretraining throughput with 1 vs 2 processes (NCCL with 2+ GPUs, else gloo on the CPU)
 """
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 import common
+import finetune
 import pretrain
 import probe
 
@@ -45,8 +48,10 @@ def get_args():
     group.add_argument('--memory-sizes', default='5000,20000', help='split sizes for the peak-memory figure')
     group.add_argument('--workers', type=int, default=os.cpu_count(), help='encode.py --workers')
     group = parser.add_argument_group('training')
-    group.add_argument('--batch-size', type=int, default=None, help='per device (default 64 on CUDA, 8 on CPU)')
+    group.add_argument('--batch-size', type=int, default=None, help='per device, every model (default: ViT-B 64 on CUDA, 8 on CPU; vit_test 256 / 64)')
     group.add_argument('--steps', type=int, default=None, help='timed steps (default 20 on CUDA, 3 on CPU)')
+    group.add_argument('--models', default='vit_test,vit_base_patch16',
+                       help='train group: vit_test runs at 64 px, any other model at 224')
     return parser.parse_args()
 
 
@@ -258,11 +263,30 @@ def model_flops_per_image(model, batch, device):
     return counter.get_total_flops() / batch[0].shape[0]
 
 
-def bare_step_rate(args_list, steps, device):
-    """Images/s of forward + backward + AdamW step on one batch already on the device."""
+def reset_peak_memory(device):
     if device.type == 'cuda':
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)            # this model's peak, not the previous one's
+
+
+def peak_memory_gb(device):
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None
+
+
+def timed_rate(step, steps, batch_size, device):
+    """Images/s of `steps` calls of step() after one warm-up call."""
+    step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def bare_step_rate(args_list, steps, device):
+    """Images/s of forward + backward + AdamW step on one batch already on the device."""
+    reset_peak_memory(device)
     args = pretrain.get_args(args_list)
     protocol = common.resolve_protocol(args.data_root, 'synthetic', None)
     meta = common.load_meta(args.data_root, 'synthetic', protocol)
@@ -285,27 +309,63 @@ def bare_step_rate(args_list, steps, device):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()                                                     # warm-up
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    rate = steps * len(images) / (time.perf_counter() - started)
+    rate = timed_rate(step, steps, len(images), device)
     with autocast:
         flops = model_flops_per_image(model, batch, device)
-    memory = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None
-    return rate, flops, memory
+    return rate, flops, peak_memory_gb(device)
+
+
+def finetune_step_rate(model_name, size, batch_size, steps, device, num_classes=60):
+    """Images/s of finetune.py's model (defaults: class-token linear head, drop path 0.1) doing
+    forward + cross-entropy + backward + AdamW step on one batch already on the device."""
+    reset_peak_memory(device)
+    args = finetune.get_args(['--model', model_name, '--init', 'none'])
+    model = finetune.build_model(args, size, num_classes).to(device)
+    optimizer = torch.optim.AdamW(common.param_groups(model, 0.05), lr=1e-3, fused=device.type == 'cuda')
+    images = torch.randn(batch_size, 3, size, size, device=device)                 # (N, 3, S, S)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=device.type == 'cuda')
+
+    def loss_of(images, labels):
+        with autocast:
+            return torch.nn.functional.cross_entropy(model(images), labels)
+
+    def step():
+        loss_of(images, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    rate = timed_rate(step, steps, batch_size, device)
+    flops = model_flops_per_image(loss_of, (images, labels), device)
+    return rate, flops, peak_memory_gb(device)
+
+
+def report_step(prefix, rate, flops, memory, device, /, **settings):
+    """images/s and GFLOP of one step; on CUDA also bf16 model-FLOPs utilisation and peak memory."""
+    report(f'{prefix}_images_per_s', rate, 'images/s', **settings)
+    report(f'{prefix}_gflops_per_image', flops / 1e9, 'GFLOP', **settings)
+    if device.type == 'cuda':
+        peak = {'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
+        name = torch.cuda.get_device_name(device)                     # dense bf16 peaks; the first match wins
+        peak_flops = next((v for k, v in peak.items() if k in name), None)
+        if peak_flops:
+            report(f'{prefix}_mfu', rate * flops / peak_flops, 'fraction', gpu=name, peak_tflops=peak_flops / 1e12,
+                   **settings)
+        report(f'{prefix}_peak_memory_gb', memory, 'GiB', gpu=name, **settings)
 
 
 def bench_train(args, workdir, device):
     cuda = device.type == 'cuda'
     batch = args.batch_size or (64 if cuda else 8)
     steps = args.steps or (20 if cuda else 3)
-    settings = [('vit_test', 64, 64 if not cuda else 256, steps * 4), ('vit_base_patch16', 224, batch, steps)]
+    test_batch = args.batch_size or (256 if cuda else 64)
+    settings = [('vit_test', 64, test_batch, steps * 4) if model == 'vit_test' else (model, 224, batch, steps)
+                for model in args.models.split(',')]
     for model, size, model_batch, model_steps in settings:
         per_class = max(1, -(-model_batch * model_steps // 6))  # one epoch = `model_steps` steps (6 classes)
         data_root = encode_synthetic(workdir, size, per_class)
+        step_settings = dict(model=model, size=size, batch=model_batch, device=device.type,
+                             threads=torch.get_num_threads(), bf16=cuda)
         for method in ('mae', 'diffmae'):
             out_dir = os.path.join(workdir, f'train_{model}_{method}')
             args_list = pretrain_args(data_root, model, method, model_batch, 2, out_dir, device.type)
@@ -313,21 +373,12 @@ def bench_train(args, workdir, device):
                            stdout=subprocess.DEVNULL)
             loop = last_epoch_rate(out_dir)                    # epoch 2: loader warm, no start-up
             bare, flops, memory = bare_step_rate(args_list, model_steps, device)
-            settings_out = dict(model=model, method=method, size=size, batch=model_batch, device=device.type,
-                                threads=torch.get_num_threads(), bf16=cuda)
-            report('train_loop_images_per_s', loop, 'images/s', **settings_out)
-            report('train_bare_step_images_per_s', bare, 'images/s', **settings_out)
-            report('train_loop_efficiency', loop / bare, 'ratio', **settings_out)
-            report('train_gflops_per_image', flops / 1e9, 'GFLOP', **settings_out)
-            if cuda:
-                peak = {'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
-                name = torch.cuda.get_device_name(device)               # dense bf16 peaks; the first match wins
-                peak_flops = next((v for k, v in peak.items() if k in name), None)
-                if peak_flops:
-                    report('train_mfu', bare * flops / peak_flops, 'fraction', gpu=name, peak_tflops=peak_flops / 1e12,
-                           **settings_out)
-                report('train_peak_memory_gb', memory, 'GiB', gpu=name, **settings_out)
+            report('train_loop_images_per_s', loop, 'images/s', method=method, **step_settings)
+            report('train_loop_efficiency', loop / bare, 'ratio', method=method, **step_settings)
+            report_step('train_bare_step', bare, flops, memory, device, method=method, **step_settings)
             shutil.rmtree(out_dir)
+        rate, flops, memory = finetune_step_rate(model, size, model_batch, model_steps, device)
+        report_step('finetune_bare_step', rate, flops, memory, device, method='finetune', **step_settings)
 
 
 def step_memory_gb(data_root, method, batch):
