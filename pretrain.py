@@ -53,6 +53,9 @@ def get_args(argv=None):
     group.add_argument('--decoder', default='cross', choices=['cross', 'cross-self'],
                        help="'cross': noise tokens attend only to the encoder output (A.1); "
                             "'cross-self': cross-attention, then self-attention among noise tokens (4.2)")
+    group.add_argument('--cross-features', default='top-down', choices=['top-down', 'last'],
+                       help="encoder features each decoder block attends to: 'top-down': decoder block j to "
+                            "encoder block depth-1-j (DiffMAE, Wei et al. 2023, Fig. 3); 'last': all to the last")
     group.add_argument('--timesteps', type=int, default=1000, help='T (A.1)')
     group.add_argument('--beta-start', type=float, default=1e-4, help='linear schedule (A.2)')
     group.add_argument('--beta-end', type=float, default=0.02, help='linear schedule (A.2)')
@@ -208,17 +211,22 @@ def timestep_embedding(t, dim, max_period=10000):
 # timm's; every other parameter's name starts with 'decoder' or 'mask_token' (dropped by
 # common.encoder_state_dict when the checkpoint is used as --init).
 
-def encode_visible(encoder, images, ids_keep):
-    """ViT on the visible patches only, with MAE's class (dummy) token: (N, 3, H, W) -> (N, 1 + Lv, D).
-
-    Ends with the encoder's LayerNorm (DiffMAE's "LayerNorm appended to the encoder output", A.1).
+def encode_visible(encoder, images, ids_keep, blocks=(-1,)):
+    """ViT on the visible patches only, with MAE's class (dummy) token: (N, 3, H, W) -> the outputs of
+    the encoder `blocks` asked for, each (N, 1 + Lv, D) after the encoder's LayerNorm (DiffMAE's
+    "LayerNorm appended to the encoder output", A.1), in a dict by block index (-1: the last).
     """
     x = encoder.patch_embed(images) + encoder.pos_embed[:, 1:]                 # (N, L, D)
     x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))     # (N, Lv, D)
     cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1)                                             # (N, 1 + Lv, D)
-    x = encoder.blocks(encoder.norm_pre(x))
-    return encoder.norm(x)
+    x = encoder.norm_pre(torch.cat([cls, x], dim=1))                           # (N, 1 + Lv, D)
+    depth, outputs = len(encoder.blocks), {}
+    for index, block in enumerate(encoder.blocks):
+        x = block(x)
+        for wanted in blocks:
+            if wanted % depth == index:
+                outputs[wanted] = encoder.norm(x)
+    return outputs
 
 
 def gather_tokens(x, ids):
@@ -267,7 +275,7 @@ class MAE(nn.Module):
 
     def predict(self, images, ids_keep, ids_masked):
         """Predicted patches (N, Lm, p*p*3) of the masked positions."""
-        latent = self.decoder_embed(encode_visible(self.encoder, images, ids_keep))   # (N, 1 + Lv, Dd)
+        latent = self.decoder_embed(encode_visible(self.encoder, images, ids_keep)[-1])   # (N, 1 + Lv, Dd)
         n, length = images.shape[0], self.grid ** 2
         tokens = self.mask_token.to(latent.dtype).expand(n, length, -1)             # (N, L, Dd); bf16 under autocast
         tokens = torch.scatter(tokens, 1, ids_keep[..., None].expand(-1, -1, latent.shape[-1]), latent[:, 1:])
@@ -316,6 +324,16 @@ class CrossAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(n, lq, dim))
 
 
+def cross_sources(encoder_depth, decoder_depth, cross_features):
+    """Encoder block each decoder block cross-attends to. DiffMAE (Wei et al. 2023, Fig. 3) connects
+    the decoder blocks top-down to the encoder blocks: decoder block j reads encoder block depth-1-j
+    (the first decoder block the last encoder block; a decoder deeper than the encoder keeps reading
+    block 0). 'last' gives every decoder block the last encoder block's output."""
+    if cross_features == 'last':
+        return [encoder_depth - 1] * decoder_depth
+    return [max(encoder_depth - 1 - j, 0) for j in range(decoder_depth)]
+
+
 class DecoderBlock(nn.Module):
     """DiffMAE decoder block: cross-attention to the encoder tokens, optional self-attention among
     the noise tokens ('cross-self', 4.2), MLP. Without self-attention each noise token is decoded
@@ -342,9 +360,10 @@ class DiffMAE(nn.Module):
     on the encoded visible patches predicts their clean pixels x0 (eq. 2)."""
 
     def __init__(self, encoder, grid, decoder_dim=512, decoder_depth=8, decoder_heads=16, decoder='cross',
-                 timesteps=1000, beta_start=1e-4, beta_end=0.02, rho=1.0):
+                 timesteps=1000, beta_start=1e-4, beta_end=0.02, rho=1.0, cross_features='top-down'):
         super().__init__()
         self.encoder, self.grid = encoder, grid
+        self.sources = cross_sources(len(encoder.blocks), decoder_depth, cross_features)
         self.patch = encoder.patch_embed.patch_size[0]
         pixels = self.patch ** 2 * 3
         _, alphas_bar = diffusion_schedule(timesteps, beta_start, beta_end, rho)
@@ -364,19 +383,21 @@ class DiffMAE(nn.Module):
                 module.apply(init_weights)
 
     def context(self, images, ids_keep):
-        """Encoder tokens projected to the decoder width, with decoder positions: (N, 1 + Lv, Dd)."""
-        latent = self.decoder_clean_embed(encode_visible(self.encoder, images, ids_keep))
+        """For each decoder block, its encoder block's tokens projected to the decoder width (one
+        projection for all, A.1), with decoder positions: a list of (N, 1 + Lv, Dd)."""
+        features = encode_visible(self.encoder, images, ids_keep, blocks=sorted(set(self.sources)))
         pos = gather_tokens(self.decoder_pos_embed.expand(images.shape[0], -1, -1),
                             F.pad(ids_keep + 1, (1, 0)))                          # class token at 0
-        return latent + pos
+        projected = {index: self.decoder_clean_embed(x) + pos for index, x in features.items()}
+        return [projected[index] for index in self.sources]
 
     def denoise(self, context, noisy, t, ids_masked):
         """x0 predicted from the noisy masked patches (N, Lm, p*p*3) at timesteps t (N,)."""
         x = self.decoder_noise_embed(noisy)                                        # (N, Lm, Dd)
         x = x + gather_tokens(self.decoder_pos_embed[:, 1:].expand(x.shape[0], -1, -1), ids_masked)
         x = x + self.decoder_time_embed(timestep_embedding(t, x.shape[-1]))[:, None]
-        for block in self.decoder_blocks:
-            x = block(x, context)
+        for block, block_context in zip(self.decoder_blocks, context):
+            x = block(x, block_context)
         return self.decoder_pred(self.decoder_norm(x))                              # (N, Lm, p*p*3)
 
     def forward(self, images, ids_keep, ids_masked, t, noise):
@@ -412,7 +433,7 @@ def build_model(args, size):
     if args.method == 'mae':
         return MAE(encoder, grid, args.decoder_dim, args.decoder_depth, args.decoder_heads, args.norm_pix_loss)
     return DiffMAE(encoder, grid, args.decoder_dim, args.decoder_depth, args.decoder_heads, args.decoder,
-                   args.timesteps, args.beta_start, args.beta_end, args.rho)
+                   args.timesteps, args.beta_start, args.beta_end, args.rho, args.cross_features)
 
 
 def init_encoder(encoder, init, model, log=print):
