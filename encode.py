@@ -580,7 +580,7 @@ def drop_spread_bodies(people):
         if valid.all():
             continue
         if (len(valid) - valid.sum()) / len(valid) >= SGN_NOISY_RATIO:
-            kept.remove(p)
+            kept = [q for q in kept if q is not p]
         else:
             p['motion'] = min(p['motion'], body_motion(p['joints'][valid]))
     return kept, len(people) - len(kept)
