@@ -1001,8 +1001,6 @@ def list_generic(args, skipped):
     else:
         is_test = np.arange(len(x)) % 5 == 4
         args.split_rule = 'no --split: every 5th sample (index % 5 == 4) is test'
-        if not args.quiet:
-            print(f'encode.py: {path}: {args.split_rule}', file=sys.stderr)
     return [(str(sample_names[i]), int(labels[i]), 'test' if is_test[i] else 'train', ('npy', str(path), i, layout))
             for i in range(len(x))]
 
@@ -1011,9 +1009,13 @@ def npy_layout(shape, fmt, layout, path):
     """The axis order of an .npy array of skeletons: 'NTVC' (4 axes), 'NMTVC' or ST-GCN / CTR-GCN's
     'NCTVM' (train_data_joint.npy and friends). --layout names it; otherwise it is recognised from
     the shape where only one order fits V = the format's joint count and C = 3 (or 2 for 2D formats)."""
+    def fitting(channels):
+        return [order for order in ('NTVC', 'NMTVC', 'NCTVM') if len(order) == len(shape) and
+                shape[order.index('V')] == fmt['num_joints'] and shape[order.index('C')] in channels]
     channels = (3,) if fmt['geometry'] == 3 else (2, 3)
-    fits = [order for order in ('NTVC', 'NMTVC', 'NCTVM') if len(order) == len(shape) and
-            shape[order.index('V')] == fmt['num_joints'] and shape[order.index('C')] in channels]
+    fits = fitting(channels)
+    if not fits and len(fitting((2, 3))) == 1:
+        fits = fitting((2, 3))                                 # the axes are clear: check_channels says what C lacks
     if layout:
         if layout not in ('NTVC', 'NMTVC', 'NCTVM') or len(layout) != len(shape):
             raise EncodeError(f'--layout {layout}', f'expected NTVC (4 axes), NMTVC or NCTVM (5 axes) for {path} of shape {shape}')
@@ -1589,8 +1591,7 @@ def encode(args):
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_path)                                 # last: its presence means complete
     for w in warnings:
-        if w != args.split_rule:                               # the split rule was said at the start
-            print(f'encode.py: warning: {w}', file=sys.stderr)
+        print(f'encode.py: warning: {w}', file=sys.stderr)
     if not args.quiet:
         n = sum(counts.values())
         print(f'encode.py: {out_dir}: train {counts["train"]}, test {counts["test"]}, {num_classes} classes, '
