@@ -9,9 +9,10 @@ Skeleton-to-Image Encoding (S2I): raw skeleton datasets -> (3, S, S) images on d
 S2I (paper Sec. 3.1): joints are reordered by body part (spine, left arm, right arm, left leg, right
 leg; joints.yaml), the T x J x C sequence becomes a C x T x J map (x, y, z -> R, G, B) and is resized
 to S x S by linear interpolation along T and along J separately (align_corners=True).
-Preprocessing (Sec. 4.2, SGN): padding frames dropped, the whole sequence translated by the first
-frame's centre joint, a frame with two people split into two consecutive single-person frames.
-Streams: joint, bone (joint - parent), motion (frame t+1 - frame t, last frame zero).
+Preprocessing (Sec. 4.2, SGN): NTU people by bodyID, denoised and ordered as SGN's chain; padding
+frames dropped, the whole sequence translated by actor 1's centre joint in its first frame, a frame
+with two people split into two consecutive single-person frames; NW-UCLA rescaled as Cheng et al.
+Streams: joint, bone (joint - parent), motion (each person's frame t+1 - frame t, last frame zero).
 
 Output ({out}/{name}/{protocol}/, see DESIGN.md): {split}_{modality}.npy float16 (N, 3, S, S),
 {split}_labels.npy int64, {split}_names.txt, meta.json (written last: its presence = complete).
@@ -414,7 +415,7 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
             results.append(None)
         except OSError as e:
             results.append(e)
-    text = b''.join(texts) + b' ' * 16                         # parse_decimals reads 16 bytes from a token
+    text = b''.join(texts) + b' ' * NTU_ID_BYTES               # parse_decimals reads 16 bytes from a token
     line_end = np.flatnonzero(np.frombuffer(text, np.uint8) == ord('\n'))
     line_start = np.concatenate([[0], line_end[:-1] + 1])
     lines = line_start.tolist() + [len(text) - 16]
@@ -426,12 +427,11 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
             n_frames, line = int(text[own[0]:own[1]]), 1
             if n_frames < 0:
                 raise IndexError
-            starts, slot_of, ids = [], [], []
+            starts, slot_of = [], []
             for t in range(n_frames):
                 n_bodies = int(text[own[line]:own[line + 1]]); line += 1
                 for m in range(n_bodies):
-                    ids.append(text[own[line]:own[line + 1]].split(None, 1)[:1] or [b''])
-                    line += 1                                  # body info line: bodyID first
+                    line += 1                                  # body info line
                     n_joints = int(text[own[line]:own[line + 1]]); line += 1
                     if n_joints != num_joints:
                         raise EncodeError(paths[k], f'body with {n_joints} joints, expected {num_joints} (ntu25)')
@@ -441,7 +441,7 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
                 raise IndexError
             if not starts:
                 raise EncodeError(paths[k], 'no bodies in any frame (expected at least one skeleton)')
-            layout[k] = (first_line, n_frames, starts, slot_of, ids)
+            layout[k] = (first_line, n_frames, starts, slot_of)
         except IndexError:
             results[k] = EncodeError(paths[k], 'truncated .skeleton file (expected frame count, then per frame '
                                                'a body count, per body 10 info values, a joint count and 12 '
@@ -452,7 +452,7 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
             results[k] = e
     if not layout:
         return results
-    body_start = np.concatenate([starts for _, _, starts, _, _ in layout.values()])
+    body_start = np.concatenate([starts for _, _, starts, _ in layout.values()])
     joint_lines = (body_start[:, None] + np.arange(num_joints)).ravel()   # (N,) line numbers
     values, ok = np.empty((len(joint_lines), 3)), np.ones(len(joint_lines), bool)
     begin = line_start[joint_lines]
@@ -461,7 +461,7 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
         ok &= token_ok
         begin = begin + lengths + 1
     ok &= begin <= line_end[joint_lines] + 1                   # z ended on its own line
-    first_value = np.cumsum([0] + [len(starts) * num_joints for _, _, starts, _, _ in layout.values()])
+    first_value = np.cumsum([0] + [len(starts) * num_joints for _, _, starts, _ in layout.values()])
     first_value = dict(zip(layout, first_value.tolist()))     # k -> its first row of values
     for n in np.flatnonzero(~ok):                              # exponents, tabs, double spaces, junk
         first_three = text[line_start[joint_lines[n]]:line_end[joint_lines[n]]].split()[:3]
@@ -473,7 +473,9 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
                 results[k] = EncodeError(paths[k], f'corrupt .skeleton file, line {joint_lines[n] - layout[k][0] + 1} '
                                                    f'should start with x y z numbers, got '
                                                    f'{b" ".join(first_three).decode(errors="replace")!r}')
-    for k, (_, n_frames, starts, slot_of, ids) in layout.items():
+    if bodies == 'sgn':
+        body_ids = _body_ids(text, line_start[body_start - 2], line_end[body_start - 2])  # the line before the joint count
+    for k, (_, n_frames, starts, slot_of) in layout.items():
         if results[k] is None:
             body_values = values[first_value[k]:first_value[k] + len(starts) * num_joints]
             body_values = body_values.reshape(len(starts), num_joints, 3)
@@ -481,13 +483,28 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
                 results[k] = _skeletons_by_slot(body_values, n_frames, slot_of, max_bodies)
                 continue
             try:
-                results[k], removed = sgn_bodies(body_values.astype(np.float32), np.array(slot_of)[:, 0],
-                                                 [i[0] for i in ids], paths[k], n_frames)
+                first = first_value[k] // num_joints
+                results[k], removed = sgn_bodies(body_values.astype(np.float32), [t for t, _ in slot_of],
+                                                 body_ids[first:first + len(starts)], paths[k], n_frames)
             except EncodeError as e:
                 results[k], removed = e, {}
             if notes is not None:
                 notes[k] = removed
     return results
+
+
+NTU_ID_BYTES = 24              # a bodyID is compared on its first 24 bytes (NTU's have 17 digits)
+
+
+def _body_ids(text, starts, ends):
+    """The first token of each body info line (its bodyID) at byte offsets starts -> (N, 3) uint64
+    keys, all lines at once; a line starting with whitespace takes its first token one by one."""
+    ids = np.frombuffer(text, np.uint8)[starts[:, None] + np.arange(NTU_ID_BYTES)]    # (N, 24)
+    for n in np.flatnonzero(ids[:, 0] <= ord(' ')):
+        token = (text[starts[n]:ends[n]].split()[:1] or [b''])[0][:NTU_ID_BYTES]
+        ids[n] = np.frombuffer(token.ljust(NTU_ID_BYTES), np.uint8)
+    ids *= np.cumsum(ids <= ord(' '), axis=1) == 0            # keep the bytes before the first space
+    return ids.view('<u8')
 
 
 def _skeletons_by_slot(values, n_frames, slot_of, max_bodies):
@@ -517,8 +534,9 @@ def sgn_bodies(values, frame, ids, where='sample', file_frames=None):
     """One file's body records, values (N, J, 3) float32 at frame (N,) with bodyID ids (N,), in file
     order -> ((M, T, J, 3) float32 with M = 1 or 2 actors, translated, {rule: count removed}).
     Frames without a body are dropped; a single bodyID is not denoised."""
-    frame = np.unique(frame, return_inverse=True)[1]          # index among the frames holding a body
-    n_frames = int(frame.max()) + 1
+    frame = np.asarray(frame)
+    frame = np.concatenate([[0], np.cumsum(frame[1:] != frame[:-1])])   # index among the frames holding a body
+    n_frames = int(frame[-1]) + 1
     people = bodies_by_id(values, frame, ids)
     removed = dict(frames_without_body=(file_frames or n_frames) - n_frames)
     if len(people) == 1:
@@ -529,7 +547,7 @@ def sgn_bodies(values, frame, ids, where='sample', file_frames=None):
             raise EncodeError(where, f'every bodyID is seen in {SGN_NOISE_LENGTH} frames or fewer (SGN drops '
                                      'them all: no person left)')
         people, removed['spread_bodies'] = drop_spread_bodies(people)
-        people = sorted(people, key=lambda p: p['motion'], reverse=True)   # stable, as Python's sorted
+        people = sorted(people, key=body_motion, reverse=True)  # stable, as Python's sorted
         actors, removed['unassigned_bodies'] = assign_actors(people, n_frames)
         actors, removed['frames_without_actor'] = drop_frames_without_actor(actors)
         if actors.shape[1] == 0:
@@ -539,24 +557,29 @@ def sgn_bodies(values, frame, ids, where='sample', file_frames=None):
 
 def bodies_by_id(values, frame, ids):
     """People by bodyID (Kinect reorders its body slots between frames, so a slot is not a person), in
-    order of first appearance: dict(joints (n, J, 3), start, motion). The chain numbers a body's frames
+    order of first appearance: dict(joints (n, J, 3), start). The chain numbers a body's frames
     start, start + 1, ... whatever frames it misses, so a body with a gap is pulled together from its
-    first frame; kept, as it decides the overlaps below. Motion: the sum over x, y, z of the variance
-    of all its joints over all its frames, float32 as the chain computes it."""
-    if len(set(ids)) == 1:
-        people = [dict(joints=values, start=int(frame[0]))]
-    else:
-        first = {}
-        for n, i in enumerate(ids):
-            first.setdefault(i, []).append(n)
-        people = [dict(joints=values[rows], start=int(frame[rows[0]])) for rows in first.values()]
-        for p in people:
-            p['motion'] = body_motion(p['joints'])
+    first frame; kept, as it decides the overlaps below."""
+    ids = np.asarray(ids).reshape(len(ids), -1)               # (N, K): one key row per body record
+    if (ids == ids[0]).all():
+        return [dict(joints=values, start=int(frame[0]))]
+    _, first, which = np.unique(ids, axis=0, return_index=True, return_inverse=True)
+    people = []
+    for u in np.argsort(first):
+        rows = np.flatnonzero(which.ravel() == u)
+        people.append(dict(joints=values[rows], start=int(frame[rows[0]])))
     return people
 
 
-def body_motion(joints):
-    return np.var(joints.reshape(-1, 3), axis=0).sum()
+def body_motion(person, frames=None):
+    """A person's motion, the sum over x, y, z of the variance of all its joints over all its frames
+    (or the given frames), float32 as the chain computes it; worked out when first needed, as most
+    files are down to one body before it matters."""
+    if frames is not None:
+        return np.var(person['joints'][frames].reshape(-1, 3), axis=0).sum()
+    if 'motion' not in person:
+        person['motion'] = np.var(person['joints'].reshape(-1, 3), axis=0).sum()
+    return person['motion']
 
 
 def drop_short_bodies(people):
@@ -575,14 +598,15 @@ def drop_spread_bodies(people):
     for p in people:
         if len(kept) == 1:
             break
-        spread = p['joints'].max(axis=1) - p['joints'].min(axis=1)          # (n, 3) float32
-        valid = spread[:, 0].astype(np.float64) <= SGN_SPREAD_X_OVER_Y * spread[:, 1].astype(np.float64)
+        xy = np.ascontiguousarray(p['joints'][:, :, :2].transpose(0, 2, 1))   # (n, 2, J): a fast max/min
+        spread = (xy.max(axis=2) - xy.min(axis=2)).astype(np.float64)         # float32 differences
+        valid = spread[:, 0] <= SGN_SPREAD_X_OVER_Y * spread[:, 1]
         if valid.all():
             continue
         if (len(valid) - valid.sum()) / len(valid) >= SGN_NOISY_RATIO:
             kept = [q for q in kept if q is not p]
         else:
-            p['motion'] = min(p['motion'], body_motion(p['joints'][valid]))
+            p['motion'] = min(body_motion(p), body_motion(p, valid))
     return kept, len(people) - len(kept)
 
 
@@ -968,8 +992,7 @@ def list_generic(args, skipped):
             raise EncodeError(path, f"split has no '{proto}_train' and '{proto}_val'/'{proto}_test' (keys: {sorted(d['split'])})")
         index = {a['frame_dir']: k for k, a in enumerate(d['annotations'])}
         if d['annotations']:
-            channels = np.shape(d['annotations'][0]['keypoint'])[-1]
-            check_channels(fmt, 3 if channels == 2 and 'keypoint_score' in d['annotations'][0] else channels, path)
+            check_channels(fmt, np.shape(d['annotations'][0]['keypoint'])[-1], path)   # a score is not z
         labels = check_labels(np.array([a['label'] for a in d['annotations']]), path, args.label_offset)
         items = []
         for split in SPLITS:
