@@ -218,3 +218,11 @@ def test_motion_is_per_actor(tmp_path):
     assert np.abs(image).max() < 0.05
     across = encode.encode_sequence(x, 'ntu25', ['motion'], 32, motion='interleaved')['motion']
     assert np.abs(across).max() > 0.9                                       # the metre between them
+
+
+def test_motion_variance_is_numpys_bit_for_bit():
+    """The motion orders the bodies; its faster form must round exactly as the chain's np.var."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 12, 90, 300):
+        joints = (rng.normal(size=(n, 25, 3)) * rng.uniform(0.01, 3) + rng.normal(size=3) * 3).astype(np.float32)
+        assert encode._variance_sum(joints) == np.var(joints.reshape(-1, 3), axis=0).sum()
