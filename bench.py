@@ -3,7 +3,7 @@
 Every ratio is taken within one run (a figure and its reference side by side), so it holds on a
 noisy machine. `python bench.py` runs all on CPU in a few minutes; `--only encode,loader` picks.
 
-  encode    NTU .skeleton files parsed + encoded per second, median of 3 runs (files written here,
+  encode    NTU .skeleton files parsed + encoded per second, median of --encode-runs (files written here,
             ~290 KB, 90 frames, a fifth with two bodies), and peak resident memory of the whole
             encode at two split sizes; --baseline-encode times another encode.py beside it
   loader    S2I images per second from the encoded memmap to a ready batch (per loader process),
@@ -44,6 +44,7 @@ def get_args():
     group.add_argument('--files', type=int, default=3000, help='.skeleton files for the throughput figure')
     group.add_argument('--memory-sizes', default='5000,20000', help='split sizes for the peak-memory figure')
     group.add_argument('--workers', type=int, default=os.cpu_count(), help='encode.py --workers')
+    group.add_argument('--encode-runs', type=int, default=3, help='timed encode runs per script (the median is reported)')
     group.add_argument('--baseline-encode', default=None,
                        help="another encode.py (with its joints.yaml beside it, e.g. main's) timed in the same "
                             'run on the same files, its runs interleaved with this one\'s')
@@ -163,7 +164,7 @@ def bench_encode(args, workdir, device):
             shutil.copy(os.path.join(os.path.dirname(os.path.abspath(args.baseline_encode)), name), baseline)
         scripts['encode_baseline'] = os.path.join(baseline, 'encode.py')
     runs = {key: [] for key in scripts}
-    for _ in range(3):                      # the median of three: one run on this shared machine can be 30% off
+    for _ in range(args.encode_runs):       # the median: one run on this shared machine can be 30% off
         for key, script in scripts.items():
             shutil.rmtree(out, ignore_errors=True)
             command = [sys.executable, script, '--data', 'ntu120', '--root', root, '--out', out,

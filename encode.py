@@ -419,7 +419,7 @@ def read_ntu_skeletons(paths, num_joints=25, max_bodies=2, bodies='sgn', notes=N
     text = b''.join(texts) + b' ' * NTU_ID_BYTES               # parse_decimals reads 16 bytes from a token
     line_end = np.flatnonzero(np.frombuffer(text, np.uint8) == ord('\n'))
     line_start = np.concatenate([[0], line_end[:-1] + 1])
-    lines = line_start.tolist() + [len(text) - 16]
+    lines = line_start.tolist() + [len(text) - NTU_ID_BYTES]
     file_lines = np.searchsorted(line_end, np.cumsum([0] + [len(t) for t in texts])).tolist()  # first line of each
     layout = {}                            # k -> (first line, frames, per body: first joint line, (frame, slot))
     for k, first_line, end_line in zip([k for k, r in enumerate(results) if r is None], file_lines, file_lines[1:]):
