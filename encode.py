@@ -1273,10 +1273,11 @@ def _init_worker(ctx):
 
 def _encode_items(jobs):
     """Worker: [(row, item, outputs)] -> [(name, label, {modality: (2, 3) per-channel sum and sum of
-    squares} or None, error message or None, {denoising rule: count removed})]. The float16 images go straight from here into row
-    `row` of the split's output files with os.pwrite: nothing crosses the pool's pipe but a few
-    numbers, nothing is mapped, so memory stays flat however long the split. The sums are of the
-    float32 images. NTU files come in chunks and are read together (read_ntu_skeletons)."""
+    squares} or None, error message or None, {denoising rule: count removed})]. The float16 images go
+    straight from here into row `row` of the split's output files with os.pwrite: nothing crosses the
+    pool's pipe but a few numbers, nothing is mapped, so memory stays flat however long the split.
+    The sums are of the float32 images. NTU files come in chunks and are read together
+    (read_ntu_skeletons)."""
     refs = [item[3] for _, item, _ in jobs]
     ntu = [k for k, ref in enumerate(refs) if ref[0] == 'ntu']
     removed = {}
