@@ -3,9 +3,9 @@
 Every ratio is taken within one run (a figure and its reference side by side), so it holds on a
 noisy machine. `python bench.py` runs all on CPU in a few minutes; `--only encode,loader` picks.
 
-  encode    NTU .skeleton files parsed + encoded per second, median of 3 runs (files written here,
+  encode    NTU .skeleton files parsed + encoded per second, median of --encode-runs (files written here,
             ~290 KB, 90 frames, a fifth with two bodies), and peak resident memory of the whole
-            encode at two split sizes
+            encode at two split sizes; --baseline-encode times another encode.py beside it
   loader    S2I images per second from the encoded memmap to a ready batch (per loader process),
             then augmentation + normalisation per second on the device
   train     pretrain.py's real loop vs a bare forward+backward+step on a preloaded batch
@@ -47,6 +47,10 @@ def get_args():
     group.add_argument('--files', type=int, default=3000, help='.skeleton files for the throughput figure')
     group.add_argument('--memory-sizes', default='5000,20000', help='split sizes for the peak-memory figure')
     group.add_argument('--workers', type=int, default=os.cpu_count(), help='encode.py --workers')
+    group.add_argument('--encode-runs', type=int, default=3, help='timed encode runs per script (the median is reported)')
+    group.add_argument('--baseline-encode', default=None,
+                       help="another encode.py (with its joints.yaml beside it, e.g. main's) timed in the same "
+                            'run on the same files, its runs interleaved with this one\'s')
     group = parser.add_argument_group('training')
     group.add_argument('--batch-size', type=int, default=None, help='per device, every model (default: ViT-B 64 on CUDA, 8 on CPU; vit_test 256 / 64)')
     group.add_argument('--steps', type=int, default=None, help='timed steps (default 20 on CUDA, 3 on CPU)')
@@ -157,15 +161,25 @@ def bench_encode(args, workdir, device):
     report('encode_fixture_files', args.files, 'files', mean_kb=round(mean_bytes / 1024), frames=90,
            two_body_share=0.2, seconds_to_write=round(time.perf_counter() - started, 1))
     out = os.path.join(workdir, 'encoded')
-    command = [sys.executable, 'encode.py', '--data', 'ntu120', '--root', root, '--out', out,
-               '--modality', 'joint', '--workers', str(args.workers), '--quiet']
-    runs = []
-    for _ in range(3):                      # the median of three: one run on this shared machine can be 30% off
-        shutil.rmtree(out, ignore_errors=True)
-        runs.append(run_measured(command, sample_memory=False)[0])
-    seconds = float(np.median(runs))
-    report('encode_files_per_s', args.files / seconds, 'files/s', files=args.files, seconds=round(seconds, 2),
-           runs_s=[round(r, 2) for r in runs], workers=args.workers, modality='joint', size=224)
+    scripts = {'encode': 'encode.py'}
+    if args.baseline_encode:                # a copy, so that it reads its own joints.yaml
+        baseline = os.path.join(workdir, 'baseline')
+        os.makedirs(baseline)
+        for name in ('encode.py', 'joints.yaml'):
+            shutil.copy(os.path.join(os.path.dirname(os.path.abspath(args.baseline_encode)), name), baseline)
+        scripts['encode_baseline'] = os.path.join(baseline, 'encode.py')
+    runs = {key: [] for key in scripts}
+    for _ in range(args.encode_runs):       # the median: one run on this shared machine can be 30% off
+        for key, script in scripts.items():
+            shutil.rmtree(out, ignore_errors=True)
+            command = [sys.executable, script, '--data', 'ntu120', '--root', root, '--out', out,
+                       '--modality', 'joint', '--workers', str(args.workers), '--quiet']
+            runs[key].append(run_measured(command, sample_memory=False)[0])
+    for key, script in scripts.items():
+        seconds = float(np.median(runs[key]))
+        report(f'{key}_files_per_s', args.files / seconds, 'files/s', files=args.files, seconds=round(seconds, 2),
+               runs_s=[round(r, 2) for r in runs[key]], workers=args.workers, modality='joint', size=224,
+               script=script)
     started = time.perf_counter()
     for name in os.listdir(root):
         with open(os.path.join(root, name), 'rb') as f:

@@ -11,7 +11,7 @@ def test_generated_skeleton_files_parse_as_ntu(tmp_path):
     for bodies in (1, 2):
         path = tmp_path / f'S001C001P001R001A00{bodies}.skeleton'
         path.write_text(bench.ntu_file_text(rng, frames=90, bodies=bodies))
-        skeletons = encode.read_ntu_skeleton(path)                      # (M, T, 25, 3)
+        skeletons = encode.read_ntu_skeleton(path, bodies='slot')       # (M, T, 25, 3) as in the file
         assert skeletons.shape == (bodies, 90, 25, 3)
         assert np.all(np.abs(skeletons[..., 2] - 3.5) < 1.0)            # depth near 3.5 m, like Kinect
     size_kb = len(bench.ntu_file_text(rng, frames=90, bodies=1)) / 1024

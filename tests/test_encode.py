@@ -193,8 +193,8 @@ def make_ntu(root, rng):
     root.mkdir()
     names = ['S001C001P001R001A001', 'S001C002P003R001A002', 'S002C003P002R002A003', 'S018C001P045R001A061']
     for i, n in enumerate(names):
-        b0 = body(rng, 6)
-        frames = [[b] for b in b0] if i % 2 == 0 else [[a, b] for a, b in zip(b0, body(rng, 6))]
+        b0 = body(rng, 12)                                     # 12 frames: SGN keeps both bodies
+        frames = [[b] for b in b0] if i % 2 == 0 else [[a, b] for a, b in zip(b0, body(rng, 12))]
         (root / f'{n}.skeleton').write_text(ntu_text(frames))
     return names
 
@@ -204,12 +204,13 @@ def test_ntu_reader_one_two_three_bodies(tmp_path):
     one = body(rng, 4)
     p = tmp_path / 'S001C001P001R001A001.skeleton'
     p.write_text(ntu_text([[b] for b in one]))
-    x = encode.read_ntu_skeleton(p)
+    x = encode.read_ntu_skeleton(p)                            # SGN: translated by joint 2 of frame 0
     assert x.shape == (1, 4, 25, 3)
-    np.testing.assert_allclose(x[0], np.array(one), atol=1e-4)
+    np.testing.assert_allclose(x[0], np.array(one) - one[0][1], atol=1e-4)
+    np.testing.assert_allclose(encode.read_ntu_skeleton(p, bodies='slot')[0], np.array(one), atol=1e-4)
     quiet, active, medium = body(rng, 4, 0.01), body(rng, 4, 1.0), body(rng, 4, 0.3)
     p.write_text(ntu_text([[a, b, c] for a, b, c in zip(quiet, active, medium)]))
-    x = encode.read_ntu_skeleton(p)
+    x = encode.read_ntu_skeleton(p, bodies='slot')             # ST-GCN's slots
     assert x.shape == (2, 4, 25, 3)                            # the two most active, slot order kept
     np.testing.assert_allclose(x[0], np.array(active), atol=1e-4)
     np.testing.assert_allclose(x[1], np.array(medium), atol=1e-4)
@@ -264,7 +265,7 @@ def test_ntu_files_read_together_stay_apart(tmp_path):
     paths['two'].write_text(ntu_text(frames['two']).rstrip('\n'))  # no final newline
     paths['cut'].write_text('\n'.join(ntu_text(frames['one']).split('\n')[:40]))
     paths['last'].write_text(ntu_text([frames['two'][0][:1]]))     # one frame, its first body
-    one, bad, two, cut, gone, last = encode.read_ntu_skeletons(list(paths.values()))
+    one, bad, two, cut, gone, last = encode.read_ntu_skeletons(list(paths.values()), bodies='slot')
     np.testing.assert_allclose(one[0], np.array(frames['one']).squeeze(1), atol=1e-5)
     assert two.shape == (2, 2, 25, 3) and last.shape == (1, 1, 25, 3)
     np.testing.assert_allclose(two.transpose(1, 0, 2, 3), np.array(frames['two']), atol=1e-5)
@@ -274,7 +275,7 @@ def test_ntu_files_read_together_stay_apart(tmp_path):
     assert isinstance(cut, encode.EncodeError) and 'truncated' in str(cut) and str(paths['cut']) in str(cut)
     assert isinstance(gone, FileNotFoundError)
     for k in ['one', 'two', 'last']:                            # the same as read one by one
-        np.testing.assert_array_equal(encode.read_ntu_skeleton(paths[k]), locals()[k])
+        np.testing.assert_array_equal(encode.read_ntu_skeleton(paths[k], bodies='slot'), locals()[k])
 
 
 def test_ntu_chunks_write_every_row_in_place(tmp_path):
@@ -288,14 +289,14 @@ def test_ntu_chunks_write_every_row_in_place(tmp_path):
         (root / f'{n}.skeleton').write_text(ntu_text([[b] for b in body(rng, 4)]))
     (root / f'{names[3]}.skeleton').write_text('4\n1\n')                     # truncated
     (root / 'S001C001P003R001A001.skeleton').write_text(ntu_text([[b] for b in body(rng, 4)]))  # test
-    meta = run(['--data', 'ntu60', '--root', root, '--out', tmp_path / 'out', '--size', 8, '--workers', 2])
+    meta = run(['--data', 'ntu60', '--root', root, '--out', tmp_path / 'out', '--size', 16, '--workers', 2])
     d = tmp_path / 'out' / 'ntu60' / 'xsub'
     kept = names[:3] + names[4:]
     assert (d / 'train_names.txt').read_text().split() == kept and meta['counts']['train'] == 10
     assert meta['skipped'][0]['name'] == names[3] and 'truncated' in meta['skipped'][0]['reason']
     fmt = encode.get_format('ntu25')
     for name, image in zip(kept, np.load(d / 'train_joint.npy')):
-        expected = encode.encode_sequence(encode.read_ntu_skeleton(root / f'{name}.skeleton'), fmt, ['joint'], 8)
+        expected = encode.encode_sequence(encode.read_ntu_skeleton(root / f'{name}.skeleton'), fmt, ['joint'], 16)
         np.testing.assert_array_equal(image, expected['joint'].astype(np.float16))
 
 
@@ -310,7 +311,7 @@ def test_ntu_end_to_end_protocols_and_missing_list(tmp_path):
     assert np.load(d / 'test_labels.npy').tolist() == [1]
     assert meta['skipped'] == [dict(name=names[2], split='train', reason='missing skeleton (official list)')]
     assert np.load(d / 'train_joint.npy').shape == (1, 3, 16, 16)
-    # two-person sample: 6 frames -> 12 interleaved rows; the image row 0 is body 0 frame 0
+    # two-person sample: 12 frames -> 24 interleaved rows; the image row 0 is body 0 frame 0
     raw = encode.read_ntu_skeleton(tmp_path / 'ntu' / f'{names[1]}.skeleton')
     img = np.load(d / 'test_joint.npy')[0]
     np.testing.assert_allclose(img[:, 0, 0], raw[0, 0, 3] - raw[0, 0, 1], atol=2e-2)
@@ -354,7 +355,7 @@ def write_pku(root, rng):
 
 def test_pku_reader_and_split(tmp_path):
     write_pku(tmp_path / 'pku', np.random.default_rng(2))
-    meta = run(['--data', 'pku1', '--root', tmp_path / 'pku', '--out', tmp_path / 'out', '--size', 8,
+    meta = run(['--data', 'pku1', '--root', tmp_path / 'pku', '--out', tmp_path / 'out', '--size', 16,
                 '--modality', 'joint'])
     d = tmp_path / 'out' / 'pku1' / 'xsub'
     assert (d / 'train_names.txt').read_text().split() == ['0002-L_000_A003', '0002-L_001_A005',
@@ -387,15 +388,22 @@ def test_ucla_reader(tmp_path):
     assert (d / 'test_names.txt').read_text().split() == ['a01_s01_e00_v03', 'a12_s01_e00_v03']
     assert np.load(d / 'train_labels.npy').tolist() == [0, 0, 9, 9]
     sk = np.array(json.loads((tmp_path / 'ucla' / 'a01_s01_e00_v03.json').read_text())['skeletons'], np.float32)
+    low, high = sk.min(axis=(0, 1)), sk.max(axis=(0, 1))         # Cheng et al.: each axis to [-1, 1]
+    scaled = (sk - low) / (high - low) * 2 - 1
     img = np.load(d / 'test_joint.npy')[0].astype(np.float32)
+    np.testing.assert_allclose(img[:, 0, 0], scaled[0, 3], atol=1e-2)               # head, frame 0
+    np.testing.assert_allclose(img[:, 15, 15], scaled[6, 19], atol=1e-2)            # right foot, last frame
+    assert img.min() >= -1 and img.max() <= 1
+    bone = np.load(d / 'test_bone.npy')[0].astype(np.float32)
+    np.testing.assert_allclose(bone[:, 0, 0], scaled[0, 3] - scaled[0, 2], atol=1e-2)   # head - shoulder centre
+    run(['--data', 'ucla', '--root', tmp_path / 'ucla', '--out', tmp_path / 'plain', '--size', 16, '--rescale', 'none'])
+    img = np.load(tmp_path / 'plain' / 'ucla' / 'xview' / 'test_joint.npy')[0].astype(np.float32)
     np.testing.assert_allclose(img[:, 0, 0], sk[0, 3] - sk[0, 1], atol=1e-2)        # head - centre, frame 0
     np.testing.assert_allclose(img[:, 15, 15], sk[6, 19] - sk[0, 1], atol=1e-2)     # right foot, last frame
-    bone = np.load(d / 'test_bone.npy')[0].astype(np.float32)
-    np.testing.assert_allclose(bone[:, 0, 0], sk[0, 3] - sk[0, 2], atol=1e-2)       # head - shoulder centre
     assert set(meta['mean']) == {'joint', 'bone', 'motion'} and len(meta['std']['joint']) == 3
     tr = np.load(d / 'train_joint.npy').astype(np.float64)
     # the sums are taken on the float32 images, before the float16 store: equal up to float16 rounding
-    np.testing.assert_allclose(meta['mean']['joint'], tr.mean(axis=(0, 2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(meta['mean']['joint'], tr.mean(axis=(0, 2, 3)), atol=2e-5)
     np.testing.assert_allclose(meta['std']['joint'], tr.std(axis=(0, 2, 3)), rtol=1e-4)
     png = (d / 'preview' / 'grid.png').read_bytes()
     assert png[:8] == b'\x89PNG\r\n\x1a\n'
@@ -415,7 +423,7 @@ def test_toyota_reader(tmp_path):
         frames = [[{'pose3d': rng.normal(size=39).round(4).tolist(), 'cumscore': 2.0},
                    {'pose3d': [0.0] * 39, 'cumscore': 1.0}] for _ in range(5)] + [[]]
         (root / f'{n}_pose3d.json').write_text(json.dumps({'njts': 13, 'frames': frames}))
-    meta = run(['--data', 'toyota', '--root', root, '--out', tmp_path / 'out', '--size', 8, '--modality', 'joint'])
+    meta = run(['--data', 'toyota', '--root', root, '--out', tmp_path / 'out', '--size', 16, '--modality', 'joint'])
     d = tmp_path / 'out' / 'toyota' / 'xsub'
     assert meta['class_names'] == ['Cook.Cleandishes', 'Drink.Frombottle'] and meta['num_classes'] == 2
     assert (d / 'train_names.txt').read_text().split() == ['Cook.Cleandishes_p03_r00_v02_c01',
@@ -428,7 +436,7 @@ def test_toyota_reader(tmp_path):
     p = np.array(json.loads((root / 'Walk_p02_r00_v01_c03_pose3d.json').read_text())['frames'][0][0]['pose3d'])
     np.testing.assert_allclose(x[0, 0, 12], [p[12], p[25], p[38]], atol=1e-5)   # head: x12, y12, z12
     assert x.shape == (1, 6, 13, 3) and not x[0, 5].any()
-    meta = run(['--data', 'toyota', '--root', root, '--out', tmp_path / 'out', '--size', 8, '--modality', 'joint',
+    meta = run(['--data', 'toyota', '--root', root, '--out', tmp_path / 'out', '--size', 16, '--modality', 'joint',
                 '--protocol', 'xview1'])
     d = tmp_path / 'out' / 'toyota' / 'xview1'          # camera 1 train, camera 2 test, camera 3 unused
     assert (d / 'train_names.txt').read_text().split() == ['Cook.Cleandishes_p03_r00_v02_c01',
@@ -444,12 +452,12 @@ def test_npz_pkl_npy_generic(tmp_path, tri3):
     x_tr[:, :, 75:] = 0
     np.savez(tmp_path / 'ntu.npz', x_train=x_tr, y_train=np.eye(4)[[0, 3, 1]], x_test=x_tr[:2], y_test=np.eye(4)[[2, 2]])
     meta = run(['--data', 'npz', '--input', tmp_path / 'ntu.npz', '--format', 'ntu25', '--name', 'ntu60',
-                '--protocol', 'xsub', '--out', tmp_path / 'out', '--size', 8])
+                '--protocol', 'xsub', '--out', tmp_path / 'out', '--size', 16])
     d = tmp_path / 'out' / 'ntu60' / 'xsub'
     assert meta['counts'] == dict(train=3, test=2) and np.load(d / 'train_labels.npy').tolist() == [0, 3, 1]
     img = np.load(d / 'train_joint.npy')[1].astype(np.float32)
     seq = x_tr[1, :6, :75].reshape(6, 25, 3)
-    np.testing.assert_allclose(img[:, 7, 0], seq[5, 3] - seq[0, 1], atol=2e-2)   # padding frames 6..9 dropped
+    np.testing.assert_allclose(img[:, 15, 0], seq[5, 3] - seq[0, 1], atol=2e-2)  # padding frames 6..9 dropped
     # pyskl pkl, 2D coco17 with scores
     ann = [dict(frame_dir=f'v{i}', label=i % 2, keypoint=rng.normal(size=(1, 5, 17, 2)),
                 keypoint_score=rng.uniform(size=(1, 5, 17))) for i in range(4)]
@@ -458,7 +466,7 @@ def test_npz_pkl_npy_generic(tmp_path, tri3):
     msg = fail(['--data', 'pkl', '--input', tmp_path / 'coco.pkl', '--format', 'coco17', '--out', tmp_path / 'out'])
     assert 'coco.pkl' in msg and 'arbitrary code' in msg and '--trust-pickle' in msg
     meta = run(['--data', 'pkl', '--input', tmp_path / 'coco.pkl', '--format', 'coco17', '--trust-pickle',
-                '--out', tmp_path / 'out', '--size', 8])
+                '--out', tmp_path / 'out', '--size', 16])
     assert meta['protocol'] == 'xsub' and meta['counts'] == dict(train=3, test=1) and meta['channels'][2] == 'score'
     assert (tmp_path / 'out' / 'pkl' / 'xsub' / 'test_names.txt').read_text().split() == ['v3']
     # npy with a format that exists only in a temp yaml (--joints)
@@ -467,7 +475,7 @@ def test_npz_pkl_npy_generic(tmp_path, tri3):
     np.save(tmp_path / 'x.npy', x)
     np.save(tmp_path / 'y.npy', np.arange(10) % 3)
     meta = run(['--data', 'npy', '--input', tmp_path / 'x.npy', '--labels', tmp_path / 'y.npy', '--format', 'tri3',
-                '--joints', yml, '--out', tmp_path / 'out', '--size', 4, '--modality', 'bone'])
+                '--joints', yml, '--out', tmp_path / 'out', '--size', 16, '--modality', 'bone'])
     d = tmp_path / 'out' / 'npy' / 'default'
     assert meta['counts'] == dict(train=8, test=2) and meta['format'] == 'tri3'
     assert (d / 'test_names.txt').read_text().split() == ['000004', '000009']   # every 5th sample
@@ -500,20 +508,20 @@ def test_atomic_output(tmp_path, monkeypatch):
         return real(*a, **k)
     monkeypatch.setattr(encode, 'encode_sequence', boom)
     with pytest.raises(RuntimeError):
-        run(['--data', 'ucla', '--root', tmp_path / 'ucla', '--out', tmp_path / 'out', '--size', 8])
+        run(['--data', 'ucla', '--root', tmp_path / 'ucla', '--out', tmp_path / 'out', '--size', 16])
     d = tmp_path / 'out' / 'ucla' / 'xview'
-    assert d.is_dir() and list(d.iterdir()) == []               # no final .npy, no partial, no meta.json
+    assert not (tmp_path / 'out').exists()                      # no final .npy, no partial, no meta.json, no folder
 
 
 def test_skipped_samples_leave_no_gap(tmp_path):
     make_ucla(tmp_path / 'ucla', np.random.default_rng(7))
-    run(['--data', 'ucla', '--root', tmp_path / 'ucla', '--out', tmp_path / 'clean', '--size', 8])
+    run(['--data', 'ucla', '--root', tmp_path / 'ucla', '--out', tmp_path / 'clean', '--size', 16])
     clean = tmp_path / 'clean' / 'ucla' / 'xview'
     clean = dict(zip((clean / 'train_names.txt').read_text().split(), np.load(clean / 'train_motion.npy')))
     (tmp_path / 'ucla' / 'a01_s01_e00_v02.json').write_text('{"skeletons": [[[0.1, 0.2')   # the 2nd train item
-    meta = run(['--data', 'ucla', '--root', tmp_path / 'ucla', '--out', tmp_path / 'out', '--size', 8, '--workers', 2])
+    meta = run(['--data', 'ucla', '--root', tmp_path / 'ucla', '--out', tmp_path / 'out', '--size', 16, '--workers', 2])
     d = tmp_path / 'out' / 'ucla' / 'xview'
-    assert meta['counts']['train'] == 3 and np.load(d / 'train_motion.npy').shape == (3, 3, 8, 8)
+    assert meta['counts']['train'] == 3 and np.load(d / 'train_motion.npy').shape == (3, 3, 16, 16)
     assert meta['skipped'][0]['name'] == 'a01_s01_e00_v02' and 'a01_s01_e00_v02.json' in meta['skipped'][0]['reason']
     names = (d / 'train_names.txt').read_text().split()
     assert names == ['a01_s01_e00_v01', 'a12_s01_e00_v01', 'a12_s01_e00_v02']
