@@ -166,3 +166,51 @@ def test_missing_init_is_a_clear_error():
         finetune.get_args(['--data', 'synthetic'])
     assert finetune.get_args(['--data', 'ucla', '--init', 'none']).batch_size == 32   # Table 12
     assert finetune.get_args(['--data', 'ntu60', '--init', 'none']).batch_size == 128
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+
+
+PROTOCOLS = {   # extra flags of each protocol; transfer starts from an encoder of another dataset and size
+    'full': (),
+    'semi-supervised': ('--label-fraction', '0.5'),
+    'transfer': ('--init', 'TRANSFER', '--head', 'mlp'),
+    'one-shot': ('--data', 'ntu120', '--protocol', 'oneshot'),
+}
+
+
+@pytest.mark.parametrize('protocol', list(PROTOCOLS))
+def test_stop_and_resume_equals_uninterrupted(tmp_path, protocol):
+    """--stop-after 2 then --resume auto ends with the uninterrupted run's logits, bit for bit."""
+    write_encoded(str(tmp_path / 'data'), num_classes=4)
+    write_encoded(str(tmp_path / 'data'), data='ntu120', num_classes=12, train_per_class=6, test_per_class=4)
+    torch.manual_seed(5)
+    common.save_encoder(str(tmp_path / 'other.pth'), common.build_encoder('vit_test', img_size=64), {})
+    flags = [str(tmp_path / 'other.pth') if f == 'TRANSFER' else f for f in PROTOCOLS[protocol]]
+    flags += ['--epochs', '4', '--eval-every', '3', '--save-every', '1']
+    finetune.main(make_args(tmp_path, *flags, '--output-dir', str(tmp_path / 'straight')))
+    finetune.main(make_args(tmp_path, *flags, '--stop-after', '2', '--output-dir', str(tmp_path / 'split')))
+    assert [r['epoch'] for r in read_log(tmp_path / 'split')] == [0, 1]
+    finetune.main(make_args(tmp_path, *flags, '--resume', 'auto', '--output-dir', str(tmp_path / 'split')))
+    straight, resumed = read_log(tmp_path / 'straight'), read_log(tmp_path / 'split')
+    assert [r['epoch'] for r in resumed] == [0, 1, 2, 3]
+    assert [r['loss'] for r in resumed] == [r['loss'] for r in straight]
+    logits = np.load(tmp_path / 'straight' / 'test_logits.npy')
+    assert np.array_equal(np.load(tmp_path / 'split' / 'test_logits.npy'), logits)
+    a = torch.load(tmp_path / 'straight' / 'checkpoint.pth', weights_only=True)['model']
+    b = torch.load(tmp_path / 'split' / 'checkpoint.pth', weights_only=True)['model']
+    assert all(torch.equal(value, b[name]) for name, value in a.items())
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+    """SIGKILL twice mid-epoch (a step line printed), --resume auto each time: the same logits as one run."""
+    from killing import run_with_kills
+    write_encoded(str(tmp_path / 'data'), num_classes=4)
+    argv = ['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none', '--num-workers', '0',
+            '--batch-size', '16', '--warmup-epochs', '1', '--lr', '3e-3', '--epochs', '5', '--save-every', '1',
+            '--print-every', '1']
+    finetune.main(finetune.get_args(argv + ['--output-dir', str(tmp_path / 'straight')]))
+    run_with_kills(os.path.join(ROOT, 'finetune.py'), argv + ['--output-dir', str(tmp_path / 'killed')], [6, 3])
+    assert [r['epoch'] for r in read_log(tmp_path / 'killed')] == list(range(5))
+    assert np.array_equal(np.load(tmp_path / 'killed' / 'test_logits.npy'), np.load(tmp_path / 'straight' / 'test_logits.npy'))

@@ -130,3 +130,27 @@ def test_two_processes_score_with_one_head(encoded):
     with torch.no_grad():
         expected = head.eval()(features).numpy()
     np.testing.assert_allclose(np.load(os.path.join(out_dir, 'test_logits.npy')), expected, rtol=1e-4, atol=1e-5)
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_stop_and_resume_equals_uninterrupted(encoded, cache):
+    """--stop-after 3 then --resume auto: the same logits, bit for bit, and each epoch logged once."""
+    tmp_path, encoder_path = encoded
+    flags = ('--epochs', '5', '--eval-every', '2', '--save-every', '1', '--blr', '1.0') + (('--cache-features',) if cache else ())
+    probe.main(probe.get_args(probe_argv(tmp_path, encoder_path, *flags, '--output-dir', str(tmp_path / 'straight'))))
+    split = ['--output-dir', str(tmp_path / 'split')]
+    probe.main(probe.get_args(probe_argv(tmp_path, encoder_path, *flags, '--stop-after', '3') + split))
+    assert [r['epoch'] for r in read_log(tmp_path / 'split')] == [0, 1, 2]
+    assert torch.load(tmp_path / 'split' / 'checkpoint.pth', weights_only=True)['epoch'] == 2
+    probe.main(probe.get_args(probe_argv(tmp_path, encoder_path, *flags, '--resume', 'auto') + split))
+    straight, resumed = read_log(tmp_path / 'straight'), read_log(tmp_path / 'split')
+    assert [r['epoch'] for r in resumed] == [0, 1, 2, 3, 4]
+    assert [r['loss'] for r in resumed] == [r['loss'] for r in straight]
+    logits = np.load(tmp_path / 'straight' / 'test_logits.npy')
+    assert np.array_equal(np.load(tmp_path / 'split' / 'test_logits.npy'), logits)
+    assert json.loads((tmp_path / 'split' / 'result.json').read_text())['best_epoch'] == \
+        json.loads((tmp_path / 'straight' / 'result.json').read_text())['best_epoch']
