@@ -590,11 +590,16 @@ def atomic_save(obj, path):
     try:
         with open(tmp, 'wb') as f:      # a Python file object: torch passes ENOSPC on as an OSError
             torch.save(obj, f)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
+        cause = error                    # torch's zip writer may raise a RuntimeError while closing after it
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
         with contextlib.suppress(OSError):
             os.remove(tmp)
         kept = f'the previous {os.path.basename(path)} is intact' if os.path.isfile(path) else 'nothing was written'
-        sys.exit(f'{path}: {(error.strerror or str(error)).lower()} while writing it; {kept}')
+        sys.exit(f'{path}: {(cause.strerror or str(cause)).lower()} while writing it; {kept}')
     os.replace(tmp, path)
 
 
@@ -614,9 +619,8 @@ def read_torch_file(path, flag):
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:
-        detail = (str(error).strip().splitlines() or [''])[0][:100]
         sys.exit(f'{flag} {path}: not a readable torch checkpoint, truncated or another kind of file '
-                 f'({size} bytes; {type(error).__name__}: {detail})')
+                 f'({size} bytes; torch.load: {type(error).__name__})')
     if not isinstance(state, dict):
         sys.exit(f'{flag} {path}: holds a {type(state).__name__}, expected a dict of weights')
     return state
