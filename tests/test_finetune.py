@@ -214,3 +214,44 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     run_with_kills(os.path.join(ROOT, 'finetune.py'), argv + ['--output-dir', str(tmp_path / 'killed')], [6, 3])
     assert [r['epoch'] for r in read_log(tmp_path / 'killed')] == list(range(5))
     assert np.array_equal(np.load(tmp_path / 'killed' / 'test_logits.npy'), np.load(tmp_path / 'straight' / 'test_logits.npy'))
+
+
+def test_two_processes_match_one(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) trains as one process with the same global batch, up to
+    rounding (without drop path, whose draws are each rank's own)."""
+    write_encoded(str(tmp_path / 'data'), num_classes=4)
+    argv = ['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none', '--num-workers', '0',
+            '--batch-size', '16', '--warmup-epochs', '1', '--lr', '3e-3', '--epochs', '2', '--drop-path', '0',
+            '--print-every', '0']
+    finetune.main(finetune.get_args(argv + ['--output-dir', str(tmp_path / 'one')]))
+    run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          os.path.join(ROOT, 'finetune.py'), *argv, '--output-dir', str(tmp_path / 'two')],
+                         env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    one, two = read_log(tmp_path / 'one'), read_log(tmp_path / 'two')
+    assert np.allclose([r['loss'] for r in one], [r['loss'] for r in two], rtol=1e-4, atol=0)
+    logits = np.load(tmp_path / 'one' / 'test_logits.npy')
+    np.testing.assert_allclose(np.load(tmp_path / 'two' / 'test_logits.npy'), logits, rtol=1e-3, atol=1e-4)
+    assert logits.std() > 0.01
+
+
+def test_bf16_autocast_and_compile_on_the_cpu(tmp_path, monkeypatch):
+    """The CUDA paths run on the CPU: --precision bf16 trains under autocast (other logits than
+    float32, within bf16 rounding of them), and --compile gives float32's logits bit for bit and a
+    checkpoint in plain key names. torch.compile runs with the aot_eager backend here: inductor's
+    C++ build works on the CPU too but takes minutes for vit_test."""
+    write_encoded(str(tmp_path / 'data'), num_classes=4)
+    compiled = []
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda model: compiled.append(model) or compile_(model, backend='aot_eager'))
+    runs = {'fp32': (), 'bf16': ('--precision', 'bf16'), 'compile': ('--compile',)}
+    for name, flags in runs.items():
+        finetune.main(make_args(tmp_path, '--epochs', '2', *flags, '--output-dir', str(tmp_path / name)))
+    assert len(compiled) == 1
+    logits = {name: np.load(tmp_path / name / 'test_logits.npy') for name in runs}
+    assert np.array_equal(logits['compile'], logits['fp32'])
+    assert not np.array_equal(logits['bf16'], logits['fp32'])
+    scale = np.abs(logits['fp32']).max()
+    assert scale > 0.01 and np.abs(logits['bf16'] - logits['fp32']).max() < 0.1 * scale
+    state = torch.load(tmp_path / 'compile' / 'checkpoint.pth', weights_only=True)['model']
+    assert 'cls_token' in state and not any(key.startswith('_orig_mod.') for key in state)

@@ -332,3 +332,17 @@ def test_killed_at_random_steps_and_resumed_equals_uninterrupted(data):
     a = torch.load(data / 'straight' / 'encoder.pth', weights_only=True)['model']
     b = torch.load(data / 'killed' / 'encoder.pth', weights_only=True)['model']
     assert set(a) == set(b) and all(torch.equal(value, b[name]) for name, value in a.items())
+
+
+def test_bf16_autocast_and_compile_in_the_loop(data, monkeypatch):
+    """pretrain.py's CUDA paths on the CPU: --precision bf16 (losses near float32's, not equal) and
+    --compile (aot_eager backend: inductor's C++ build takes minutes here) with float32's losses."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda model: compile_(model, backend='aot_eager'))
+    runs = {'fp32': (), 'bf16': ('--precision', 'bf16'), 'compile': ('--compile',)}
+    for name, flags in runs.items():
+        pretrain.main(run_args(data, '--method', 'mae', '--epochs', '2', *flags, out=name))
+    losses = {name: np.array([r['loss'] for r in read_log(data / name / 'log.jsonl')]) for name in runs}
+    assert np.allclose(losses['compile'], losses['fp32'], rtol=1e-5, atol=0)
+    assert not np.array_equal(losses['bf16'], losses['fp32'])
+    assert np.allclose(losses['bf16'], losses['fp32'], rtol=0.05, atol=0)
