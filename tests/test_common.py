@@ -177,3 +177,12 @@ def test_adamw_is_fused_on_the_cpu_and_steps_like_the_plain_one():
     assert (fused_model.weight - initial).abs().min() > 0.1          # every weight moved (3 steps of lr 0.1)
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_restart_log_keeps_epochs_before_the_checkpoint_and_drops_a_cut_line(tmp_path):
+    log = tmp_path / 'log.jsonl'
+    log.write_text('{"epoch": 0, "loss": 2.0}\n{"epoch": 1, "loss": 1.5}\n{"epoch": 2, "loss": 1.2}\n{"epoch": 3, "lo')
+    common.restart_log(str(log), 2)                       # resumed at epoch 2: epochs 2 and 3 will be redone
+    assert log.read_text() == '{"epoch": 0, "loss": 2.0}\n{"epoch": 1, "loss": 1.5}\n'
+    common.restart_log(str(log), 0)                       # a new run starts empty
+    assert log.read_text() == ''

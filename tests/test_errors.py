@@ -198,7 +198,7 @@ def test_disk_full_while_checkpointing(tmp_path):
             subprocess.run(['umount', str(disk)], check=True)
 
 
-FULL_DISK = '''import errno, runpy, sys, torch
+FULL_DISK = '''import errno, os, runpy, sys, torch
 save = torch.save
 def full(obj, f, *a, **k):
     if getattr(f, 'name', '').endswith('checkpoint.pth.tmp'):
@@ -207,6 +207,7 @@ def full(obj, f, *a, **k):
     return save(obj, f, *a, **k)
 torch.save = full
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
 runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
