@@ -82,12 +82,8 @@ def main(args):
         print(f'{run_dir}: top1 {acc["top1"]:.2f} top5 {acc["top5"]:.2f}')
     print(f'fused ({" ".join(f"{w:g}" for w in args.weights)}): top1 {result["fused"]["top1"]:.2f} '
           f'top5 {result["fused"]["top5"]:.2f}')
-    try:
-        with open(args.output + '.tmp', 'w') as f:
-            json.dump(result, f, indent=2)
-        os.replace(args.output + '.tmp', args.output)
-    except OSError as error:
-        sys.exit(f'--output {args.output}: cannot write it ({error.strerror})')
+    with open(args.output, 'w') as f:
+        json.dump(result, f, indent=2)
     return result
 
 
