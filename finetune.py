@@ -144,6 +144,7 @@ def main(args):
     torch.manual_seed(args.seed)
     model = build_model(args, meta['size'], 0 if oneshot else num_classes)
     common.load_encoder_weights(model, args.init, args.model, log=say)
+    drop_path_over_global_batch(model, rank, world)
     model.to(device)
     groups = common.param_groups(model, args.weight_decay, lambda name: layer_scale(name, len(model.blocks), args.layer_decay))
     optimizer = common.adamw(groups, device, lr=lr)
@@ -161,8 +162,8 @@ def main(args):
     if rank == 0:
         common.restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)
 
-    # ---- loop: step `it` draws its augmentation from a seed of (--seed, it) for the global batch, and
-    # its drop path from one of (--seed, it, rank): a resumed run repeats the uninterrupted one exactly
+    # ---- loop: step `it` draws its augmentation and drop path for the global batch from a seed of
+    # (--seed, it) alone: a resumed run repeats the uninterrupted one exactly, N processes repeat one
     steps_per_epoch = len(train_loader) if not oneshot else len(pair_order(train_set.labels[train_set.subset], args.seed, 0, rank, world, batch_per_rank)) // batch_per_rank
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
     say(f'finetune {args.data}/{args.protocol}/{args.modality} ({method}): {len(train_set)} train, '
@@ -186,7 +187,6 @@ def main(args):
             with common.seeded(common.step_seed(args.seed, it), device):
                 images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
                                                            args, planar)
-                torch.manual_seed(common.step_seed(args.seed, it, rank))
                 with torch.autocast(**amp):
                     outputs = forward(images)                            # (B, C) logits or (B, D) embeddings
             if oneshot:
@@ -246,6 +246,26 @@ def build_model(args, img_size, num_classes):
             torch.nn.init.trunc_normal_(module.weight, std=2e-5 if args.head == 'linear' else 0.02)
             torch.nn.init.zeros_(module.bias)
     return model
+
+
+def drop_path_over_global_batch(model, rank, world):
+    """Drop path (stochastic depth) drawn for the global batch, each rank keeping its rows r::world
+    as the augmentation does (timm's DropPath draws for the rank's rows alone, so N processes would
+    drop other paths than one). Each DropPath is switched off and a forward hook applies timm's rule
+    instead: keep a sample's residual branch with probability 1 - p, scaled by 1 / (1 - p)."""
+    from timm.layers import DropPath
+
+    def hook(module, inputs, output, keep, scale):
+        if not module.training:
+            return output
+        n = output.shape[0]
+        kept = (torch.rand(world * n, device=output.device) < keep)[rank::world].to(output.dtype)   # (n,)
+        return output * (kept / keep if scale else kept).view(n, *(1,) * (output.ndim - 1))
+
+    for module in model.modules():
+        if isinstance(module, DropPath) and module.drop_prob > 0:
+            keep, module.drop_prob = 1 - module.drop_prob, 0.0
+            module.register_forward_hook(lambda m, i, o, keep=keep, scale=module.scale_by_keep: hook(m, i, o, keep, scale))
 
 
 def layer_scale(name, depth, decay):

@@ -218,10 +218,10 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
 
 def test_two_processes_match_one(tmp_path):
     """torchrun --nproc_per_node 2 (gloo) trains as one process with the same global batch, up to
-    rounding (without drop path, whose draws are each rank's own)."""
+    rounding: augmentation and drop path (0.1 here) are drawn for the global batch."""
     write_encoded(str(tmp_path / 'data'), num_classes=4)
     argv = ['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none', '--num-workers', '0',
-            '--batch-size', '16', '--warmup-epochs', '1', '--lr', '3e-3', '--epochs', '2', '--drop-path', '0',
+            '--batch-size', '16', '--warmup-epochs', '1', '--lr', '3e-3', '--epochs', '2', '--drop-path', '0.1',
             '--print-every', '0']
     finetune.main(finetune.get_args(argv + ['--output-dir', str(tmp_path / 'one')]))
     run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
@@ -255,3 +255,25 @@ def test_bf16_autocast_and_compile_on_the_cpu(tmp_path, monkeypatch):
     assert scale > 0.01 and np.abs(logits['bf16'] - logits['fp32']).max() < 0.1 * scale
     state = torch.load(tmp_path / 'compile' / 'checkpoint.pth', weights_only=True)['model']
     assert 'cls_token' in state and not any(key.startswith('_orig_mod.') for key in state)
+
+
+def test_drop_path_is_drawn_for_the_global_batch():
+    """Rank 1 of 2 drops exactly the paths that one process drops for rows 1::2 of the same batch."""
+    torch.manual_seed(0)
+    args = finetune.get_args(['--model', 'vit_test', '--init', 'none', '--drop-path', '0.5'])
+    one = finetune.build_model(args, 32, num_classes=3)
+    two = finetune.build_model(args, 32, num_classes=3)
+    two.load_state_dict(one.state_dict())
+    finetune.drop_path_over_global_batch(one, 0, 1)
+    finetune.drop_path_over_global_batch(two, 1, 2)
+    images = torch.randn(8, 3, 32, 32)
+    with common.seeded(3, torch.device('cpu')):
+        full = one.train().forward_features(images)                    # (8, 1 + L, D), values of order 1
+    with common.seeded(3, torch.device('cpu')):
+        rank1 = two.train().forward_features(images[1::2])
+    assert torch.allclose(full[1::2], rank1, rtol=0, atol=1e-5)
+    with common.seeded(4, torch.device('cpu')):
+        other = one.forward_features(images)
+    changed = (full - other).abs().amax(dim=(1, 2)) > 0.1              # (8,): block 1's 2 DropPaths at p 0.5
+    assert changed.sum() >= 4                                          # another seed: other paths (expected 3/4)
+    assert torch.equal(one.eval().forward_features(images), one.forward_features(images))   # none in eval mode
