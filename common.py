@@ -3,10 +3,12 @@
 Encoded-dataset reader, batch augmentation, ViT build and weight loading, torchrun/DDP set-up,
 warmup + cosine schedule, atomic checkpoints, JSON-lines log, accuracy.
 """
+import contextlib
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from functools import partial
 
@@ -45,7 +47,44 @@ def add_run_args(parser, stage):
     group.add_argument('--seed', type=int, default=0)
     group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     group.add_argument('--compile', action='store_true', help='torch.compile the model')
+    group.add_argument('--precision', default='auto', choices=['auto', 'bf16', 'fp32'],
+                       help="'auto': bf16 autocast on CUDA, float32 on the CPU; 'bf16' forces autocast on the CPU too")
     group.add_argument('--save-every', type=int, default=10, help='epochs between checkpoints')
+    group.add_argument('--stop-after', type=int, default=None, metavar='EPOCH',
+                       help='end this run after EPOCH epochs (checkpoint written); --resume continues the '
+                            'same schedule, e.g. to split a long run into cluster jobs')
+
+
+def check_args(args):
+    """Refuse the numbers that would make a run do nothing, divide by zero or train on garbage."""
+    for flag in ('batch_size', 'epochs', 'save_every', 'stop_after', 'eval_every', 'accum_iter'):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            sys.exit(f'--{flag.replace("_", "-")} {value}: expected a whole number of at least 1')
+    for flag in ('num_workers', 'warmup_epochs', 'print_every'):
+        value = getattr(args, flag, None)
+        if value is not None and value < 0:
+            sys.exit(f'--{flag.replace("_", "-")} {value}: expected 0 or more')
+
+
+def warn_if_batch_exceeds(batch_size, num_samples, rank):
+    """A global batch larger than the train split still trains, one short step per epoch: say so."""
+    if batch_size > num_samples and rank == 0:
+        print(f'warning: --batch-size {batch_size} is larger than the {num_samples} train samples; '
+              f'every epoch is one step of {num_samples}', file=sys.stderr)
+
+
+def use_bf16(args, device):
+    """bf16 autocast: always on CUDA under --precision auto, on the CPU only when asked (--precision bf16)."""
+    return args.precision == 'bf16' or (args.precision == 'auto' and device.type == 'cuda')
+
+
+def adamw(groups, device, **settings):
+    """AdamW with the fused kernel wherever this torch has one for the device (CUDA, and the CPU since 2.4)."""
+    try:
+        return torch.optim.AdamW(groups, fused=True, **settings)
+    except RuntimeError:
+        return torch.optim.AdamW(groups, fused=False, **settings)
 
 
 def add_augment_args(parser):
@@ -67,6 +106,19 @@ def output_dir(args, stage, method):
         return args.output_dir
     name = f"{args.data}_{args.protocol or 'default'}_{args.modality}_{method}".replace(',', '+')
     return os.path.join('runs', stage, name)
+
+
+def make_output_dir(path):
+    """Create the run directory and write a scratch file there, so a bad --output-dir stops the run
+    before any work rather than at its first checkpoint."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        sys.exit(f'--output-dir {path}: is a file, expected a directory')
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        sys.exit(f'--output-dir {path}: cannot write there ({error.strerror})')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,6 +156,37 @@ def all_reduce_mean(value):
     return value
 
 
+def step_seed(*keys):
+    """An RNG seed that is a function of the keys only (--seed and the step index): a resumed run
+    draws at each step the numbers the uninterrupted run drew there."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """The global torch RNG (and this CUDA device's) seeded with `seed` inside, restored after."""
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def global_train_batch(batch, rank, world, device, mean, std, modality, args, planar):
+    """Augmented, normalised train images and the labels of this rank's batch.
+
+    The augmentation is drawn for the global batch (world * n rows; this rank's images sit at rows
+    rank::world, as DistributedSampler deals them, the others are zeros), so that every sample gets
+    the same draws in 1 and in N processes.
+    """
+    images, labels, _ = batch
+    if world > 1:
+        images = images.to(device, non_blocking=True)
+        padded = images.new_zeros((world * len(images),) + images.shape[1:])      # (world * n, 3, S, S)
+        padded[rank::world] = images
+        batch = (padded, torch.zeros(len(padded), dtype=torch.long), torch.zeros(len(padded), dtype=torch.long))
+    images = prepare_batch(batch, device, mean, std, modality, args, planar, train=True)[0][rank::world]
+    return images, labels.to(device, non_blocking=True)
+
+
 def gather_by_index(values, indices, num_samples):
     """Reassemble per-rank eval outputs in dataset order.
 
@@ -136,24 +219,41 @@ def resolve_protocol(data_root, data, protocol):
     return DEFAULT_PROTOCOL.get(data, encoded[0] if encoded else 'default')
 
 
+META_KEYS = ('num_classes', 'size', 'mean', 'std')   # what the training stages read from meta.json
+
+
 def load_meta(data_root, data, protocol):
     path = os.path.join(data_root, data, protocol, 'meta.json')
+    encode_hint = f'python encode.py --data {data} --out {data_root}'
     if not os.path.isfile(path):
-        sys.exit(f'{path}: not found; encode the dataset first: python encode.py --data {data} --out {data_root}')
-    with open(path) as f:
-        return json.load(f)
+        sys.exit(f'{path}: not found; encode the dataset first: {encode_hint}')
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        sys.exit(f'{path}: not valid JSON ({error}); re-encode: {encode_hint}')
+    missing = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing or not isinstance(meta['mean'], dict) or not isinstance(meta['std'], dict):
+        found = 'no ' + ', '.join(missing) if missing else 'mean/std not per modality'
+        sys.exit(f'{path}: an older or foreign format ({found}); re-encode with this encode.py: {encode_hint}')
+    return meta
 
 
 def read_split(data_root, data, protocol, split, modality):
     """Paths and labels of one encoded split: (images_path, labels (N,) int64, names)."""
     folder = os.path.join(data_root, data, protocol)
     images_path = os.path.join(folder, f'{split}_{modality}.npy')
-    if not os.path.isfile(images_path):
-        sys.exit(f'{images_path}: not found; encode it with: python encode.py --data {data} --modality {modality}')
-    labels = np.load(os.path.join(folder, f'{split}_labels.npy'))
-    with open(os.path.join(folder, f'{split}_names.txt')) as f:
+    labels_path, names_path = os.path.join(folder, f'{split}_labels.npy'), os.path.join(folder, f'{split}_names.txt')
+    for path in (images_path, labels_path, names_path):
+        if not os.path.isfile(path):
+            sys.exit(f'{path}: not found; encode it with: python encode.py --data {data} --modality {modality}')
+    try:
+        labels = np.load(labels_path)
+        shape = np.load(images_path, mmap_mode='r').shape
+    except (OSError, ValueError) as error:
+        sys.exit(f'{folder}: {split} split unreadable ({error}); re-encode it')
+    with open(names_path) as f:
         names = f.read().splitlines()
-    shape = np.load(images_path, mmap_mode='r').shape
     if len(shape) != 4 or shape[1] != 3 or shape[0] != len(labels) or len(names) != len(labels):
         sys.exit(f'{images_path}: expected (N, 3, S, S) with N = {len(labels)} labels and names, found {shape}')
     return images_path, labels, names
@@ -371,6 +471,8 @@ def encoder_state_dict(state):
             state = state[key]
     encoder, dropped = {}, []
     for name, value in state.items():
+        if not isinstance(name, str):
+            continue
         for prefix in ('module.', '_orig_mod.', 'encoder.'):
             name = name[len(prefix):] if name.startswith(prefix) else name
         if name.startswith(('decoder', 'mask_token', 'head.', 'fc_norm.')) or not torch.is_tensor(value):
@@ -403,19 +505,15 @@ def load_encoder_weights(encoder, init, model, log=print):
     else:
         if not os.path.isfile(init):
             sys.exit(f'--init {init}: no such file (expected imagenet, none or a checkpoint path)')
-        try:
-            state = torch.load(init, map_location='cpu', weights_only=True)
-        except Exception as error:
-            sys.exit(f'--init {init}: not a readable torch checkpoint ({type(error).__name__}: {error})')
+        state = read_torch_file(init, '--init')
         source = init
     state, dropped = encoder_state_dict(state)
+    if not state:
+        sys.exit(f'{source}: holds no weight tensors; expected an encoder.pth, checkpoint.pth or MAE/timm checkpoint')
     target = encoder.state_dict()
-    if 'pos_embed' in state and state['pos_embed'].shape != target['pos_embed'].shape:
-        from timm.layers import resample_abs_pos_embed
-        grid = int(math.isqrt(target['pos_embed'].shape[1] - 1))
-        state['pos_embed'] = resample_abs_pos_embed(state['pos_embed'], new_size=(grid, grid), num_prefix_tokens=1)
-        log(f'{source}: position embedding resampled to a {grid}x{grid} grid')
-    for name, value in state.items():
+    for name, value in state.items():   # every check before the position embedding is resampled
+        if name == 'pos_embed' and value.ndim == 3 and value.shape[-1] == target[name].shape[-1]:
+            continue
         if name in target and value.shape != target[name].shape:
             sys.exit(f"{source}: '{name}' has shape {tuple(value.shape)} but --model {model} expects "
                      f"{tuple(target[name].shape)}: the checkpoint is for another architecture")
@@ -423,6 +521,11 @@ def load_encoder_weights(encoder, init, model, log=print):
     if missing:
         sys.exit(f'{source}: {len(missing)} encoder weights missing for --model {model} '
                  f'(first: {missing[:3]}): the checkpoint is for another architecture')
+    if state['pos_embed'].shape != target['pos_embed'].shape:
+        from timm.layers import resample_abs_pos_embed
+        grid = int(math.isqrt(target['pos_embed'].shape[1] - 1))
+        state['pos_embed'] = resample_abs_pos_embed(state['pos_embed'], new_size=(grid, grid), num_prefix_tokens=1)
+        log(f'{source}: position embedding resampled to a {grid}x{grid} grid')
     result = encoder.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         log(f'{source}: ignored {len(result.unexpected_keys)} unexpected keys: {result.unexpected_keys[:5]}')
@@ -480,26 +583,82 @@ def set_lr(optimizer, lr):
 # Checkpoints and logs
 
 def atomic_save(obj, path):
-    """torch.save to a temporary name, then rename: a killed run never leaves a half file."""
+    """torch.save to a temporary name, then rename: a killed run never leaves a half file, and a
+    full disk stops the run with one line while the previous file stays as it was."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = path + '.tmp'
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, 'wb') as f:      # a Python file object: torch passes ENOSPC on as an OSError
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as error:
+        cause = error                    # torch's zip writer may raise a RuntimeError while closing after it
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        kept = f'the previous {os.path.basename(path)} is intact' if os.path.isfile(path) else 'nothing was written'
+        sys.exit(f'{path}: {(cause.strerror or str(cause)).lower()} while writing it; {kept}')
     os.replace(tmp, path)
 
 
-def save_checkpoint(out_dir, model, optimizer, epoch, args, **extra):
-    """checkpoint.pth: what --resume needs (model, optimizer, epoch, args, RNG states) and `extra`."""
+def save_checkpoint(out_dir, model, optimizer, epoch, args, stage=None, **extra):
+    """checkpoint.pth: what --resume needs (model, optimizer, epoch, args, RNG states, the stage that
+    wrote it) and `extra`."""
     state = {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
-             'args': vars(args), 'rng': rng_state(), **extra}
+             'args': vars(args), 'rng': rng_state(), 'stage': stage, **extra}
     atomic_save(state, os.path.join(out_dir, 'checkpoint.pth'))
 
 
-def restore_checkpoint(path, model, optimizer):
-    """Load save_checkpoint's file into model and optimizer, restore the RNG; returns the whole state."""
-    state = load_checkpoint(path)
+def read_torch_file(path, flag):
+    """torch.load (weights only) of a --init or --resume file; anything but a dict is one clear line."""
+    size = os.path.getsize(path)
+    if size == 0:
+        sys.exit(f'{flag} {path}: empty file (0 bytes), expected a torch checkpoint')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:
+        sys.exit(f'{flag} {path}: not a readable torch checkpoint, truncated or another kind of file '
+                 f'({size} bytes; torch.load: {type(error).__name__})')
+    if not isinstance(state, dict):
+        sys.exit(f'{flag} {path}: holds a {type(state).__name__}, expected a dict of weights')
+    return state
+
+
+def checkpoint_stage(state):
+    """Which stage wrote a checkpoint.pth (older files carry no 'stage': told apart by their keys)."""
+    if state.get('stage'):
+        return state['stage']
+    if 'step' in state:
+        return 'pretrain'
+    return 'probe' if 'momentum' in state.get('args', {}) else 'finetune'
+
+
+def restore_checkpoint(path, model, optimizer, stage=None):
+    """Load save_checkpoint's file into model and optimizer, restore the RNG; returns the whole state.
+
+    A file that is not a checkpoint.pth, one of another stage (given `stage`) or of another
+    architecture is refused with one line, before anything is loaded."""
+    state = read_torch_file(path, '--resume')
+    if not {'model', 'optimizer', 'epoch', 'args', 'rng'} <= set(state):
+        sys.exit(f'--resume {path}: not a checkpoint.pth of these scripts (no model/optimizer/epoch); '
+                 f'weights to start from go to --init')
+    if stage and checkpoint_stage(state) != stage:
+        sys.exit(f'--resume {path}: a {checkpoint_stage(state)} checkpoint; {stage}.py resumes only its own '
+                 f'(weights to start from go to --init)')
+    expected = unwrap(model).state_dict()
+    wrong = [k for k in expected if k not in state['model'] or state['model'][k].shape != expected[k].shape]
+    wrong += [k for k in state['model'] if k not in expected]
+    if wrong:
+        sys.exit(f"--resume {path}: written for another model or head ({len(wrong)} tensors differ, first "
+                 f"'{wrong[0]}'; it was --model {state['args'].get('model')})")
     unwrap(model).load_state_dict(state['model'])
     fused = [group.get('fused') for group in optimizer.param_groups]
-    optimizer.load_state_dict(state['optimizer'])
+    try:
+        optimizer.load_state_dict(state['optimizer'])
+    except ValueError as error:
+        sys.exit(f'--resume {path}: its optimizer state does not fit this run ({error})')
     for group, value in zip(optimizer.param_groups, fused):    # this device decides, not the writer's
         group['fused'] = value
     set_rng_state(state['rng'])
@@ -531,16 +690,38 @@ def resume_path(resume, out_dir):
     sys.exit(f'--resume {resume}: no such checkpoint')
 
 
-def load_checkpoint(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
-
-
 def epoch_record(epoch, loss_sum, steps, lr, images, epoch_start):
     """log.jsonl's line for a finished epoch of probe or fine-tuning. The loss's .item() waits for
     the GPU, so the time read after it covers every step queued in the epoch."""
     loss = all_reduce_mean(loss_sum / max(1, steps)).item()
     seconds = time.time() - epoch_start
     return {'epoch': epoch, 'loss': loss, 'lr': lr, 'time': seconds, 'images_per_s': images / seconds}
+
+
+def restart_log(path, start_epoch):
+    """log.jsonl when a run starts: the epochs before `start_epoch` stay (a resumed run keeps its
+    history and logs each later epoch once more, so once in all), a new run starts empty; a line cut
+    short by a kill is dropped."""
+    kept = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)['epoch'] < start_epoch:
+                        kept.append(line if line.endswith('\n') else line + '\n')
+                except (ValueError, KeyError, TypeError):
+                    pass
+    with open(path + '.tmp', 'w') as f:
+        f.writelines(kept)
+    os.replace(path + '.tmp', path)
+
+
+def main_guard(main, get_args):
+    """The scripts' entry point: an OS error (disk full, permissions) ends in one line naming the file."""
+    try:
+        main(get_args())
+    except OSError as error:
+        sys.exit(f'{error.filename or sys.argv[0]}: {(error.strerror or str(error)).lower()}')
 
 
 def log_jsonl(path, record):

@@ -37,8 +37,14 @@ def load_run(run_dir):
             names = f.read().splitlines()
     except OSError as error:
         sys.exit(f'{run_dir}: not a finished probe/finetune run ({error.strerror}: {os.path.basename(error.filename or "")})')
+    except ValueError as error:
+        sys.exit(f'{run_dir}: test_logits.npy or test_labels.npy is not a readable .npy file ({error})')
     if logits.ndim != 2 or len(logits) != len(labels) or len(names) != len(labels):
         sys.exit(f'{run_dir}: test_logits {logits.shape}, {len(labels)} labels and {len(names)} names do not agree')
+    bad = int((~np.isfinite(logits)).sum())
+    if bad:
+        sys.exit(f'{run_dir}: test_logits.npy holds {bad} NaN or infinite values (a diverged run?); '
+                 f'expected finite scores')
     return logits, labels, names
 
 

@@ -84,6 +84,7 @@ def get_args(argv=None):
         sys.exit(f'--protocol oneshot: --batch-size {args.batch_size} must be even (batches of same-class pairs)')
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         sys.exit(f'--label-fraction {args.label_fraction}: expected a fraction in (0, 1], e.g. 0.01 or 0.1')
+    common.check_args(args)
     return args
 
 
@@ -96,7 +97,7 @@ def main(args):
     method = 'oneshot' if oneshot else f'frac{args.label_fraction:g}' if args.label_fraction else 'full'
     out_dir = common.output_dir(args, 'finetune', method)
     if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
+        common.make_output_dir(out_dir)
     if args.batch_size % (2 * world if oneshot else world):
         sys.exit(f'--batch-size {args.batch_size} must divide over {world} processes' + (' in pairs' if oneshot else ''))
     batch_per_rank = args.batch_size // world
@@ -137,34 +138,39 @@ def main(args):
         test_set = common.S2IDataset([test_path], [test_labels])
     train_loader, train_sampler = common.make_loader(train_set, batch_per_rank, True, args.num_workers, args.seed, device)
     test_loader, _ = common.make_loader(test_set, batch_per_rank, False, args.num_workers, args.seed, device)
+    common.warn_if_batch_exceeds(args.batch_size, len(train_set), rank)
 
     # ---- model: timm ViT, head on the class token (or an embedding for one-shot), layer-wise lr decay
     torch.manual_seed(args.seed)
     model = build_model(args, meta['size'], 0 if oneshot else num_classes)
     common.load_encoder_weights(model, args.init, args.model, log=say)
+    drop_path_over_global_batch(model, rank, world)
     model.to(device)
     groups = common.param_groups(model, args.weight_decay, lambda name: layer_scale(name, len(model.blocks), args.layer_decay))
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = common.adamw(groups, device, lr=lr)
     forward = torch.compile(model) if args.compile else model
     forward = DistributedDataParallel(forward) if world > 1 else forward
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=common.use_bf16(args, device))
 
     # ---- resume
     start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
     path = common.resume_path(args.resume, out_dir)
     if path:
-        state = common.restore_checkpoint(path, model, optimizer)
+        state = common.restore_checkpoint(path, model, optimizer, 'finetune')
         start_epoch, best = state['epoch'] + 1, state['best']
         say(f'resumed from {path} at epoch {start_epoch}')
-    torch.manual_seed(args.seed + 1000 * rank + start_epoch)             # augmentation differs per rank
+    if rank == 0:
+        common.restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)
 
-    # ---- loop
+    # ---- loop: step `it` draws its augmentation and drop path for the global batch from a seed of
+    # (--seed, it) alone: a resumed run repeats the uninterrupted one exactly, N processes repeat one
     steps_per_epoch = len(train_loader) if not oneshot else len(pair_order(train_set.labels[train_set.subset], args.seed, 0, rank, world, batch_per_rank)) // batch_per_rank
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
     say(f'finetune {args.data}/{args.protocol}/{args.modality} ({method}): {len(train_set)} train, '
         f'{len(test_labels)} test, {num_classes} classes, lr {lr:g}, batch {args.batch_size} ({world} x {batch_per_rank}), {out_dir}')
     metrics = None
-    for epoch in range(start_epoch, args.epochs):
+    last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    for epoch in range(start_epoch, last_epoch):
         model.train()
         epoch_start = time.time()
         loss_sum, seen = torch.zeros((), device=device), 0
@@ -178,9 +184,11 @@ def main(args):
         for step, batch in enumerate(batches):
             it = epoch * steps_per_epoch + step
             common.set_lr(optimizer, common.lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
-            images, labels, _ = common.prepare_batch(batch, device, mean, std, args.modality, args, planar, train=True)
-            with torch.autocast(**amp):
-                outputs = forward(images)                                # (B, C) logits or (B, D) embeddings
+            with common.seeded(common.step_seed(args.seed, it), device):
+                images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
+                                                           args, planar)
+                with torch.autocast(**amp):
+                    outputs = forward(images)                            # (B, C) logits or (B, D) embeddings
             if oneshot:
                 loss = supcon_loss(F.normalize(outputs.float(), dim=1), labels, args.temperature)
             else:
@@ -190,7 +198,7 @@ def main(args):
             optimizer.step()
             loss_sum += loss.detach()
             seen += len(labels)
-            if step % args.print_every == 0:
+            if args.print_every and step % args.print_every == 0:
                 say(f'epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} '
                     f'lr {lr_now(optimizer):.4g} {seen * world / (time.time() - epoch_start):.0f} img/s')
         record = common.epoch_record(epoch, loss_sum, step + 1, lr_now(optimizer), seen * world, epoch_start)
@@ -212,8 +220,10 @@ def main(args):
             record['test_top1'] = metrics['top1']
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
-            if (epoch + 1) % args.save_every == 0 or last:
-                common.save_checkpoint(out_dir, model, optimizer, epoch, args, best=best)
+            if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
+                common.save_checkpoint(out_dir, model, optimizer, epoch, args, 'finetune', best=best)
+    if start_epoch >= last_epoch:
+        say(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
     common.cleanup_distributed()
     return metrics
 
@@ -236,6 +246,26 @@ def build_model(args, img_size, num_classes):
             torch.nn.init.trunc_normal_(module.weight, std=2e-5 if args.head == 'linear' else 0.02)
             torch.nn.init.zeros_(module.bias)
     return model
+
+
+def drop_path_over_global_batch(model, rank, world):
+    """Drop path (stochastic depth) drawn for the global batch, each rank keeping its rows r::world
+    as the augmentation does (timm's DropPath draws for the rank's rows alone, so N processes would
+    drop other paths than one). Each DropPath is switched off and a forward hook applies timm's rule
+    instead: keep a sample's residual branch with probability 1 - p, scaled by 1 / (1 - p)."""
+    from timm.layers import DropPath
+
+    def hook(module, inputs, output, keep, scale):
+        if not module.training:
+            return output
+        n = output.shape[0]
+        kept = (torch.rand(world * n, device=output.device) < keep)[rank::world].to(output.dtype)   # (n,)
+        return output * (kept / keep if scale else kept).view(n, *(1,) * (output.ndim - 1))
+
+    for module in model.modules():
+        if isinstance(module, DropPath) and module.drop_prob > 0:
+            keep, module.drop_prob = 1 - module.drop_prob, 0.0
+            module.register_forward_hook(lambda m, i, o, keep=keep, scale=module.scale_by_keep: hook(m, i, o, keep, scale))
 
 
 def layer_scale(name, depth, decay):
@@ -341,4 +371,4 @@ def pair_order(labels, seed, epoch, rank, world, batch_per_rank):
 
 
 if __name__ == '__main__':
-    main(get_args())
+    common.main_guard(main, get_args)

@@ -14,7 +14,6 @@ randomness, and a resumed run repeats the uninterrupted one exactly.
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -71,20 +70,20 @@ def get_args(argv=None):
                        help='gradient accumulation: per-rank micro-batch = batch_size / (world * accum_iter)')
 
     common.add_augment_args(parser)                              # A.2: flip, rotation, affine, noise
-    # --model, --init, --output-dir, --resume, --seed, --device, --compile, --save-every
+    # --model, --init, --output-dir, --resume, --seed, --device, --compile, --precision, --save-every, --stop-after
     common.add_run_args(parser, 'pretrain')
     group = parser.add_argument_group('logging')
     group.add_argument('--print-every', type=int, default=20, help='optimizer steps between printed losses')
     group.add_argument('--vis', type=int, default=0, metavar='K',
                        help='save a PNG of input / masked / reconstruction for K train samples at each checkpoint')
-    group.add_argument('--stop-after', type=int, default=None, metavar='EPOCH',
-                       help='end this run after EPOCH epochs (checkpoint written); --resume continues the '
-                            'same schedule, e.g. to split a long run into cluster jobs')
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = 1600 if args.method == 'diffmae' else 800   # Table 11 / Table 10
     if args.norm_pix_loss and args.method != 'mae':
         parser.error('--norm-pix-loss applies to --method mae only')
+    common.check_args(args)
+    if not 0 < args.mask_ratio < 1:
+        sys.exit(f'--mask-ratio {args.mask_ratio}: expected a fraction strictly between 0 and 1 (the paper: 0.75)')
     return args
 
 
@@ -447,11 +446,6 @@ def init_encoder(encoder, init, model, log=print):
 # ----------------------------------------------------------------------------------------------
 # One micro-batch: this rank's rows of the global micro-batch's random draws
 
-def micro_seed(seed, index):
-    """The RNG seed of micro-step `index`: a function of --seed and the index only (resume-exact)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def masked_batch(batch, seed, args, model, norm, rank, world, device):
     """Augmented, normalised images (n, 3, S, S) and ids_keep, ids_masked, t, noise for this rank.
 
@@ -461,15 +455,8 @@ def masked_batch(batch, seed, args, model, norm, rank, world, device):
     mean, std, planar = norm
     n = len(batch[0])
     total, rows = world * n, slice(rank, None, world)
-    fork_devices = [device] if device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        if world > 1:   # pad to the global micro-batch so that augmentation draws match any world size
-            images = batch[0].to(device, non_blocking=True)
-            padded = images.new_zeros((total,) + images.shape[1:])                  # (world * n, 3, S, S)
-            padded[rows] = images
-            batch = (padded, torch.zeros(total, dtype=torch.long), torch.zeros(total, dtype=torch.long))
-        images = common.prepare_batch(batch, device, mean, std, args.modality, args, planar, train=True)[0][rows]
+    with common.seeded(seed, device):
+        images = common.global_train_batch(batch, rank, world, device, mean, std, args.modality, args, planar)[0]
         mask = make_masks(args.mask, total, model.grid, args.mask_ratio, rows, device)   # (n, L)
         ids_keep, ids_masked = split_ids(mask, num_masked(args.mask, model.grid, args.mask_ratio))
         t = noise = None
@@ -557,6 +544,9 @@ def main(args):
         sys.exit(f'--data {args.data}: mixes 2D keypoints (x, y, score) and 3D joints {planar}; pretrain them separately')
     norm = (mean, std, planar[names[0]])     # every dataset normalised with the first one's statistics (A.5)
     out_dir = common.output_dir(args, 'pretrain', args.method)
+    if rank == 0:
+        common.make_output_dir(out_dir)
+    common.warn_if_batch_exceeds(args.batch_size, len(dataset), rank)
     log(f'{len(dataset)} train images of {size}x{size} from {", ".join(f"{n}/{p}" for n, p in zip(names, protocols))}; '
         f'{world} process(es) x micro-batch {micro} x accum {args.accum_iter} = batch {args.batch_size}; '
         f'{steps_per_epoch} steps/epoch -> {out_dir}')
@@ -570,11 +560,10 @@ def main(args):
     log(f'{args.method} on {args.model}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.1f}M '
         f'trained parameters, {num_masked(args.mask, model.grid, args.mask_ratio)}/{model.grid ** 2} patches masked ({args.mask})')
     lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
-    optimizer = torch.optim.AdamW(common.param_groups(model, args.weight_decay), lr=lr, betas=(0.9, 0.95),  # Table 10
-                                  fused=device.type == 'cuda')
+    optimizer = common.adamw(common.param_groups(model, args.weight_decay), device, lr=lr, betas=(0.9, 0.95))  # Table 10
     start_epoch, step, checkpoint = 0, 0, None
     if ckpt_path:
-        checkpoint = common.restore_checkpoint(ckpt_path, model, optimizer)
+        checkpoint = common.restore_checkpoint(ckpt_path, model, optimizer, 'pretrain')
         start_epoch, step = checkpoint['epoch'], checkpoint['step']
         log(f'resumed from {ckpt_path} at epoch {start_epoch}')
     bare = model
@@ -583,18 +572,11 @@ def main(args):
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
-    autocast = partial(torch.autocast, 'cuda', dtype=torch.bfloat16, enabled=device.type == 'cuda')
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=common.use_bf16(args, device))
 
+    log_path = os.path.join(out_dir, 'log.jsonl')
     if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        log_path = os.path.join(out_dir, 'log.jsonl')
-        if checkpoint is not None and os.path.isfile(log_path):   # drop epochs after the checkpoint
-            with open(log_path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
-            with open(log_path, 'w') as f:
-                f.writelines(kept)
-        elif checkpoint is None and os.path.isfile(log_path):
-            os.remove(log_path)
+        common.restart_log(log_path, start_epoch)
     vis_images = None
     if args.vis:   # the first K train images, read through their own dataset (the loader's stays unopened)
         vis_set = common.S2IDataset([splits[0][0]], [splits[0][1]])
@@ -603,7 +585,7 @@ def main(args):
     def save(epoch):
         if rank != 0:
             return
-        common.save_checkpoint(out_dir, model, optimizer, epoch, args, step=step)
+        common.save_checkpoint(out_dir, model, optimizer, epoch, args, 'pretrain', step=step)
         common.save_encoder(os.path.join(out_dir, 'encoder.pth'), bare.encoder,
                             {'model': args.model, 'size': size, 'method': args.method, 'data': args.data,
                              'protocol': ','.join(protocols), 'modality': args.modality, 'epoch': epoch})
@@ -630,7 +612,7 @@ def main(args):
             common.set_lr(optimizer, current_lr)
             for k in range(args.accum_iter):
                 images, ids_keep, ids_masked, t, noise = masked_batch(
-                    next(batches), micro_seed(args.seed, step * args.accum_iter + k), args, bare, norm, rank, world, device)
+                    next(batches), common.step_seed(args.seed, step * args.accum_iter + k), args, bare, norm, rank, world, device)
                 sync = k + 1 == args.accum_iter or world == 1
                 with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
                     loss = model(images, ids_keep, ids_masked, t, noise)
@@ -662,4 +644,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    main(get_args())
+    common.main_guard(main, get_args)

@@ -22,7 +22,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 import common
 
@@ -51,6 +50,7 @@ def get_args(argv=None):
     if args.init is None:
         sys.exit('probe.py needs --init: the pretrain run\'s encoder.pth '
                  '(e.g. runs/pretrain/ntu60_xsub_joint_diffmae/encoder.pth), or imagenet / none')
+    common.check_args(args)
     return args
 
 
@@ -61,7 +61,7 @@ def main(args):
     method = 'cached' if args.cache_features else 'linear'
     out_dir = common.output_dir(args, 'probe', method)
     if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
+        common.make_output_dir(out_dir)
     if args.batch_size % world:
         sys.exit(f'--batch-size {args.batch_size} must divide over {world} processes')
     batch_per_rank = args.batch_size // world
@@ -76,10 +76,13 @@ def main(args):
     test_path, test_labels, test_names = common.read_split(args.data_root, args.data, args.protocol, 'test', args.modality)
     train_set = common.S2IDataset([train_path], [train_labels])
     test_set = common.S2IDataset([test_path], [test_labels])
+    common.warn_if_batch_exceeds(args.batch_size, len(train_set), rank)
     train_loader, train_sampler = common.make_loader(train_set, batch_per_rank, True, args.num_workers, args.seed, device)
     test_loader, _ = common.make_loader(test_set, batch_per_rank, False, args.num_workers, args.seed, device)
 
-    # ---- model: frozen encoder + BatchNorm (no affine) + Linear head on the class token
+    # ---- model: frozen encoder + BatchNorm (no affine) + Linear head on the class token. Every rank
+    # trains the same head on the whole global batch's features (gathered), so the BatchNorm sees
+    # global-batch statistics (as MAE's SyncBatchNorm) and the heads stay equal without DDP.
     torch.manual_seed(args.seed)
     encoder = common.build_encoder(args.model, img_size=meta['size'])
     common.load_encoder_weights(encoder, args.init, args.model, log=say)
@@ -88,10 +91,9 @@ def main(args):
         p.requires_grad = False
     head = make_probe_head(encoder.embed_dim, num_classes).to(device)
     features_of = torch.compile(encoder) if args.compile else encoder
-    head_ddp = DistributedDataParallel(head) if world > 1 else head
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=common.use_bf16(args, device))
 
     def extract(images):
         """(N, 3, S, S) -> (N, D) class-token features of the frozen encoder."""
@@ -107,7 +109,7 @@ def main(args):
         cache['train_labels'] = torch.from_numpy(train_labels).to(device)
         say(f'cached features: train {tuple(cache["train"].shape)}, test {tuple(cache["test"].shape)} '
             f'in {time.time() - start:.1f}s')
-        steps_per_epoch = len(train_labels) // world // batch_per_rank or 1
+        steps_per_epoch = len(train_labels) // args.batch_size or 1
     else:
         steps_per_epoch = len(train_loader)
 
@@ -115,17 +117,19 @@ def main(args):
     start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
     path = common.resume_path(args.resume, out_dir)
     if path:
-        state = common.restore_checkpoint(path, head, optimizer)
+        state = common.restore_checkpoint(path, head, optimizer, 'probe')
         start_epoch, best = state['epoch'] + 1, state['best']
         say(f'resumed from {path} at epoch {start_epoch}')
-    torch.manual_seed(args.seed + 1000 * rank + start_epoch)             # augmentation differs per rank
+    if rank == 0:
+        common.restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)
 
-    # ---- loop
+    # ---- loop: the augmentation of step `it` is drawn from a seed of (--seed, it) alone (resume-exact)
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
     say(f'probe {args.data}/{args.protocol}/{args.modality}: {len(train_labels)} train, {len(test_labels)} test, '
         f'{num_classes} classes, lr {lr:g}, batch {args.batch_size} ({world} x {batch_per_rank}), {out_dir}')
-    metrics, epoch = None, start_epoch - 1
-    for epoch in range(start_epoch, args.epochs):
+    metrics = None
+    last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    for epoch in range(start_epoch, last_epoch):
         head.train()
         epoch_start = time.time()
         loss_sum, seen = torch.zeros((), device=device), 0
@@ -133,32 +137,30 @@ def main(args):
             train_sampler.set_epoch(epoch)
             batches = train_loader
         else:
-            batches = cached_batches(cache, epoch, args.seed, rank, world, batch_per_rank, steps_per_epoch)
+            batches = cached_batches(cache, epoch, args.seed, args.batch_size, steps_per_epoch)
         for step, batch in enumerate(batches):
             it = epoch * steps_per_epoch + step
             common.set_lr(optimizer, common.lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
             if cache is None:
-                images, labels, _ = common.prepare_batch(batch, device, mean, std, args.modality, args, planar, train=True)
-                features = extract(images)                                 # (B, D)
+                with common.seeded(common.step_seed(args.seed, it), device):
+                    images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
+                                                               args, planar)
+                features, labels = gather_rows(extract(images)), gather_rows(labels)   # (B, D), (B,): global batch
             else:
                 features, labels = batch
-            loss = F.cross_entropy(head_ddp(features), labels)
+            loss = F.cross_entropy(head(features), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
             seen += len(labels)
-            if step % args.print_every == 0:
+            if args.print_every and step % args.print_every == 0:
                 say(f'epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} '
-                    f'lr {optimizer.param_groups[0]["lr"]:.4g} {seen * world / (time.time() - epoch_start):.0f} img/s')
-        record = common.epoch_record(epoch, loss_sum, step + 1, optimizer.param_groups[0]['lr'], seen * world,
-                                     epoch_start)
+                    f'lr {optimizer.param_groups[0]["lr"]:.4g} {seen / (time.time() - epoch_start):.0f} img/s')
+        record = common.epoch_record(epoch, loss_sum, step + 1, optimizer.param_groups[0]['lr'], seen, epoch_start)
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_every == 0 or last:
             head.eval()
-            if world > 1:                                                  # each rank's last step moved its own
-                for buffer in head.buffers():                              # BatchNorm statistics: score the test
-                    torch.distributed.broadcast(buffer, 0)                 # shards with rank 0's, as it saves
             if cache is None:
                 logits = common.evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args, planar)
             else:
@@ -169,8 +171,10 @@ def main(args):
             record['test_top1'] = metrics['top1']
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
-            if (epoch + 1) % args.save_every == 0 or last:
-                common.save_checkpoint(out_dir, head, optimizer, epoch, args, best=best)
+            if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
+                common.save_checkpoint(out_dir, head, optimizer, epoch, args, 'probe', best=best)
+    if start_epoch >= last_epoch:
+        say(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
     common.cleanup_distributed()
     return metrics
 
@@ -189,14 +193,24 @@ def extract_all(extract, dataset, batch_per_rank, args, device, mean, std, plana
     return common.evaluate(extract, loader, len(dataset), device, mean, std, args, planar)
 
 
-def cached_batches(cache, epoch, seed, rank, world, batch_per_rank, steps):
-    """This rank's (features, labels) batches of one epoch: a seeded global shuffle, dealt round-robin."""
+def cached_batches(cache, epoch, seed, batch_size, steps):
+    """The global (features, labels) batches of one epoch, a shuffle seeded by (seed, epoch): every
+    rank holds all cached features, so every rank takes the same global batch."""
     generator = torch.Generator().manual_seed(seed * 100003 + epoch)
-    order = torch.randperm(len(cache['train']), generator=generator)[rank::world].to(cache['train'].device)
+    order = torch.randperm(len(cache['train']), generator=generator).to(cache['train'].device)
     for step in range(steps):
-        index = order[step * batch_per_rank:(step + 1) * batch_per_rank]
+        index = order[step * batch_size:(step + 1) * batch_size]
         yield cache['train'][index], cache['train_labels'][index]
 
 
+def gather_rows(values):
+    """The global batch (world * n, ...) on every rank from each rank's n rows (rank r's at rows r::world)."""
+    if not torch.distributed.is_initialized():
+        return values
+    parts = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, values.contiguous())
+    return torch.stack(parts, 1).flatten(0, 1)
+
+
 if __name__ == '__main__':
-    main(get_args())
+    common.main_guard(main, get_args)

@@ -157,3 +157,32 @@ def test_epoch_record_mean_loss_and_rate():
     record = common.epoch_record(3, torch.tensor(6.0), 4, 0.1, 100, started)
     assert record['epoch'] == 3 and record['loss'] == 1.5 and record['lr'] == 0.1
     assert 2.0 <= record['time'] < 2.5 and abs(record['images_per_s'] - 100 / record['time']) < 1e-9
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_like_the_plain_one():
+    """The fused kernel (CUDA-only before torch 2.4) runs in the CPU tests: same update as for-each AdamW."""
+    torch.manual_seed(0)
+    fused_model, plain_model = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    plain_model.load_state_dict(fused_model.state_dict())
+    initial = fused_model.weight.detach().clone()
+    fused = common.adamw(fused_model.parameters(), torch.device('cpu'), lr=0.1, weight_decay=0.05)
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=0.1, weight_decay=0.05, foreach=False)
+    assert fused.param_groups[0]['fused'] is True
+    inputs = torch.randn(8, 5)
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(inputs).square().sum().backward()
+            optimizer.step()
+    assert (fused_model.weight - initial).abs().min() > 0.1          # every weight moved (3 steps of lr 0.1)
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_restart_log_keeps_epochs_before_the_checkpoint_and_drops_a_cut_line(tmp_path):
+    log = tmp_path / 'log.jsonl'
+    log.write_text('{"epoch": 0, "loss": 2.0}\n{"epoch": 1, "loss": 1.5}\n{"epoch": 2, "loss": 1.2}\n{"epoch": 3, "lo')
+    common.restart_log(str(log), 2)                       # resumed at epoch 2: epochs 2 and 3 will be redone
+    assert log.read_text() == '{"epoch": 0, "loss": 2.0}\n{"epoch": 1, "loss": 1.5}\n'
+    common.restart_log(str(log), 0)                       # a new run starts empty
+    assert log.read_text() == ''

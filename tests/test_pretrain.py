@@ -316,3 +316,33 @@ def test_wrong_architecture_is_a_clear_error(data):
     torch.save({'model': wide.state_dict()}, path)
     with pytest.raises(SystemExit, match='vit_wide.pth.*another architecture'):
         pretrain.main(run_args(data, '--epochs', '1', '--init', path))
+
+
+def test_killed_at_random_steps_and_resumed_equals_uninterrupted(data):
+    """Three SIGKILLs at random steps (seeded), each followed by --resume auto: the final encoder is
+    the uninterrupted run's, bit for bit."""
+    from killing import run_with_kills
+    argv = ['--data', 'synthetic', '--data-root', str(data / 'data'), '--model', 'vit_test', '--init', 'none',
+            '--num-workers', '0', '--batch-size', '16', '--decoder-dim', '32', '--decoder-depth', '2',
+            '--decoder-heads', '2', '--warmup-epochs', '1', '--epochs', '5', '--save-every', '1', '--print-every', '1']
+    pretrain.main(pretrain.get_args(argv + ['--output-dir', str(data / 'straight')]))
+    kills = np.random.default_rng(12).integers(1, 5, size=3).tolist()       # 1..4 steps: each killed run gets at most ~1 epoch further
+    run_with_kills(os.path.join(ROOT, 'pretrain.py'), argv + ['--output-dir', str(data / 'killed')], kills)
+    assert [r['epoch'] for r in read_log(data / 'killed' / 'log.jsonl')] == list(range(5))
+    a = torch.load(data / 'straight' / 'encoder.pth', weights_only=True)['model']
+    b = torch.load(data / 'killed' / 'encoder.pth', weights_only=True)['model']
+    assert set(a) == set(b) and all(torch.equal(value, b[name]) for name, value in a.items())
+
+
+def test_bf16_autocast_and_compile_in_the_loop(data, monkeypatch):
+    """pretrain.py's CUDA paths on the CPU: --precision bf16 (losses near float32's, not equal) and
+    --compile (aot_eager backend: inductor's C++ build takes minutes here) with float32's losses."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda model: compile_(model, backend='aot_eager'))
+    runs = {'fp32': (), 'bf16': ('--precision', 'bf16'), 'compile': ('--compile',)}
+    for name, flags in runs.items():
+        pretrain.main(run_args(data, '--method', 'mae', '--epochs', '2', *flags, out=name))
+    losses = {name: np.array([r['loss'] for r in read_log(data / name / 'log.jsonl')]) for name in runs}
+    assert np.allclose(losses['compile'], losses['fp32'], rtol=1e-5, atol=0)
+    assert not np.array_equal(losses['bf16'], losses['fp32'])
+    assert np.allclose(losses['bf16'], losses['fp32'], rtol=0.05, atol=0)

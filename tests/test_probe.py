@@ -104,29 +104,62 @@ def test_missing_init_is_a_clear_error():
         probe.get_args(['--data', 'synthetic'])
 
 
-def test_two_processes_score_with_one_head(encoded):
-    """Under torchrun each rank scores its shard of the test set; all shards must see rank 0's head,
-    BatchNorm statistics included (the saved checkpoint reproduces every logit)."""
+def test_two_processes_match_one(encoded):
+    """torchrun --nproc_per_node 2 (gloo) gives one process's logits up to rounding: the augmentation
+    is drawn for the global batch, and the BatchNorm sees the global batch's statistics (its running
+    mean and variance equal one process's, as with MAE's SyncBatchNorm)."""
     tmp_path, encoder_path = encoded
     argv = probe_argv(tmp_path, encoder_path, '--epochs', '2', '--blr', '1.0')
+    probe.main(probe.get_args(argv + ['--output-dir', str(tmp_path / 'one')]))
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'probe.py')
     run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                          script, *argv], env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True,
-                         text=True, timeout=300)
-    args = probe.get_args(argv)
+                          script, *argv, '--output-dir', str(tmp_path / 'two')], env=dict(os.environ, OMP_NUM_THREADS='1'),
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    args.protocol = common.resolve_protocol(args.data_root, 'synthetic', None)
-    out_dir = common.output_dir(args, 'probe', 'linear')
-    encoder = common.build_encoder('vit_test', img_size=32)
-    common.load_encoder_weights(encoder, encoder_path, 'vit_test', log=lambda *a: None)
-    head = probe.make_probe_head(encoder.embed_dim, 4)
-    head.load_state_dict(torch.load(os.path.join(out_dir, 'checkpoint.pth'), weights_only=False)['model'])
-    protocol = common.resolve_protocol(args.data_root, 'synthetic', None)
-    meta = common.load_meta(args.data_root, 'synthetic', protocol)
-    mean, std = common.channel_stats(meta, 'joint', torch.device('cpu'))
-    test_path, test_labels, _ = common.read_split(args.data_root, 'synthetic', protocol, 'test', 'joint')
-    features = probe.extract_all(lambda x: encoder.eval()(x), common.S2IDataset([test_path], [test_labels]), 8, args,
-                                 torch.device('cpu'), mean, std, common.is_planar(meta))
-    with torch.no_grad():
-        expected = head.eval()(features).numpy()
-    np.testing.assert_allclose(np.load(os.path.join(out_dir, 'test_logits.npy')), expected, rtol=1e-4, atol=1e-5)
+    one, two = (torch.load(tmp_path / name / 'checkpoint.pth', weights_only=True)['model'] for name in ('one', 'two'))
+    for name in ('0.running_mean', '0.running_var', '1.weight'):
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-6), name
+    logits = np.load(tmp_path / 'one' / 'test_logits.npy')
+    np.testing.assert_allclose(np.load(tmp_path / 'two' / 'test_logits.npy'), logits, rtol=1e-4, atol=1e-5)
+    assert logits.std() > 0.1                                   # a trained head, not zeros on both sides
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_stop_and_resume_equals_uninterrupted(encoded, cache):
+    """--stop-after 3 then --resume auto: the same logits, bit for bit, and each epoch logged once."""
+    tmp_path, encoder_path = encoded
+    flags = ('--epochs', '5', '--eval-every', '2', '--save-every', '1', '--blr', '1.0') + (('--cache-features',) if cache else ())
+    probe.main(probe.get_args(probe_argv(tmp_path, encoder_path, *flags, '--output-dir', str(tmp_path / 'straight'))))
+    split = ['--output-dir', str(tmp_path / 'split')]
+    probe.main(probe.get_args(probe_argv(tmp_path, encoder_path, *flags, '--stop-after', '3') + split))
+    assert [r['epoch'] for r in read_log(tmp_path / 'split')] == [0, 1, 2]
+    assert torch.load(tmp_path / 'split' / 'checkpoint.pth', weights_only=True)['epoch'] == 2
+    probe.main(probe.get_args(probe_argv(tmp_path, encoder_path, *flags, '--resume', 'auto') + split))
+    straight, resumed = read_log(tmp_path / 'straight'), read_log(tmp_path / 'split')
+    assert [r['epoch'] for r in resumed] == [0, 1, 2, 3, 4]
+    assert [r['loss'] for r in resumed] == [r['loss'] for r in straight]
+    logits = np.load(tmp_path / 'straight' / 'test_logits.npy')
+    assert np.array_equal(np.load(tmp_path / 'split' / 'test_logits.npy'), logits)
+    assert json.loads((tmp_path / 'split' / 'result.json').read_text())['best_epoch'] == \
+        json.loads((tmp_path / 'straight' / 'result.json').read_text())['best_epoch']
+
+
+def test_bf16_autocast_and_compile_on_the_cpu(encoded, monkeypatch):
+    """--precision bf16 extracts features under autocast on the CPU (logits near float32's, not
+    equal); --compile (aot_eager backend: inductor takes minutes here) gives float32's bit for bit."""
+    tmp_path, encoder_path = encoded
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda model: compile_(model, backend='aot_eager'))
+    runs = {'fp32': (), 'bf16': ('--precision', 'bf16'), 'compile': ('--compile',)}
+    for name, flags in runs.items():
+        probe.main(probe_args(tmp_path, encoder_path, '--epochs', '2', '--blr', '1.0', *flags,
+                              '--output-dir', str(tmp_path / name)))
+    logits = {name: np.load(tmp_path / name / 'test_logits.npy') for name in runs}
+    assert np.array_equal(logits['compile'], logits['fp32'])
+    assert not np.array_equal(logits['bf16'], logits['fp32'])
+    scale = np.abs(logits['fp32']).max()
+    assert scale > 0.1 and np.abs(logits['bf16'] - logits['fp32']).max() < 0.1 * scale
