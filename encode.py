@@ -975,6 +975,8 @@ def list_generic(args, skipped):
     fmt = get_format(args.format, args.joints)
     if args.data == 'npz':
         src = _open_source(('npz', str(path), fmt['num_joints']))
+        if 'x' in src:
+            return list_npz_arrays(args, src, path, fmt)
         labels = {}
         for split in SPLITS:
             x, y = src[f'x_{split}'], np.asarray(src[f'y_{split}'])
@@ -1039,6 +1041,38 @@ def list_generic(args, skipped):
         args.split_rule = 'no --split: every 5th sample (index % 5 == 4) is test'
     return [(str(sample_names[i]), int(labels[i]), 'test' if is_test[i] else 'train', ('npy', str(path), i, layout))
             for i in range(len(x))]
+
+
+NPZ_ARRAYS = ('x', 'labels', 'split', 'names', 'class_names', 'format', 'lengths')   # one dataset in one .npz
+
+
+def list_npz_arrays(args, src, path, fmt):
+    """An .npz holding a whole dataset as named arrays (e.g. ../shared/data/msr_action3d): x (N, T, V,
+    C) or another layout of npy_layout, labels (N,), split (N,) train/test or 0/1; optional names (N,),
+    class_names (K,), format () (must match --format), lengths (N,) (frames past them are padding)."""
+    x = src['x']
+    for key in ('labels', 'split'):
+        if key not in src:
+            raise EncodeError(path, f"has 'x' but no '{key}' (expected arrays x, labels, split, and optionally "
+                                    "names, class_names, format, lengths)")
+    if 'format' in src and str(src['format']) != fmt['name']:
+        raise EncodeError(path, f"holds format '{src['format']}' but --format is {fmt['name']} (pass --format "
+                                f"{src['format']})")
+    layout = npy_layout(x.shape, fmt, args.layout, path)
+    check_channels(fmt, x.shape[layout.index('C')], path)
+    n = len(x)
+    for key in ('labels', 'split', 'names', 'lengths'):
+        if key in src and np.shape(src[key]) != (n,):
+            raise EncodeError(path, f'{key} of shape {np.shape(src[key])}, expected ({n},) for x of shape {x.shape}')
+    if 'class_names' in src:
+        args.class_names = [str(c) for c in src['class_names']]
+        args.num_classes = len(args.class_names)
+    labels = check_labels(src['labels'], path, args.label_offset, args.num_classes)
+    is_test = split_is_test(src['split'], f'{path} (split)')
+    names = [str(s) for s in src['names']] if 'names' in src else [f'{i:06d}' for i in range(n)]
+    lengths = src['lengths'] if 'lengths' in src else np.full(n, x.shape[layout.index('T')])
+    return [(names[i], int(labels[i]), 'test' if is_test[i] else 'train', ('npz_arrays', str(path), i, layout,
+                                                                          int(lengths[i]))) for i in range(n)]
 
 
 def npy_layout(shape, fmt, layout, path):
@@ -1134,6 +1168,11 @@ def read_split(path, n):
         raise EncodeError(path, f'not a readable .npy array ({e})')
     if s.shape != (n,):
         raise EncodeError(path, f'split of shape {s.shape}, expected ({n},)')
+    return split_is_test(s, path)
+
+
+def split_is_test(s, path):
+    """Split values -> (N,) bool, True for test."""
     if s.dtype.kind in 'US':
         s = s.astype(str)
         if not np.isin(s, ['train', 'test']).all():
@@ -1185,14 +1224,14 @@ def _open_source(key):
 
 
 def _open_npz(path):
-    """x_train/y_train/x_test/y_test of an .npz: members stored uncompressed are memory-mapped (no
-    RAM per sample); compressed ones have to be decompressed whole."""
+    """x_train/y_train/x_test/y_test of an .npz (or the arrays of list_npz_arrays): members stored
+    uncompressed are memory-mapped (no RAM per sample); compressed ones have to be decompressed whole."""
     out = {}
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 name = info.filename[:-4]
-                if name not in ('x_train', 'y_train', 'x_test', 'y_test'):
+                if name not in ('x_train', 'y_train', 'x_test', 'y_test') + NPZ_ARRAYS:
                     continue
                 if info.compress_type == zipfile.ZIP_STORED:
                     with z.open(info) as f:
@@ -1210,8 +1249,9 @@ def _open_npz(path):
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise EncodeError(path, f'corrupt .npz ({e})')
     missing = [k for k in ('x_train', 'y_train', 'x_test', 'y_test') if k not in out]
-    if missing:
-        raise EncodeError(path, f'missing arrays {missing} (expected x_train, y_train, x_test, y_test as CTR-GCN/SGN)')
+    if missing and 'x' not in out:
+        raise EncodeError(path, f'missing arrays {missing} (expected x_train, y_train, x_test, y_test as CTR-GCN/SGN '
+                                'write it, or x, labels, split)')
     return out
 
 
@@ -1238,6 +1278,11 @@ def load_item(ref, num_joints):
         if x.ndim != 2 or x.shape[1] % per_body:
             raise EncodeError(ref[1], f'x_{ref[3]} frames of {x.shape[1:]} values, expected a multiple of {per_body} (bodies x {num_joints} joints x 3)')
         return x.reshape(x.shape[0], -1, num_joints, 3).transpose(1, 0, 2, 3), None
+    if kind == 'npz_arrays':
+        x = np.asarray(_open_source(('npz', ref[1], num_joints))['x'][ref[2]], np.float32)
+        layout = ref[3][1:]
+        x = x.transpose([layout.index(a) for a in 'MTVC' if a in layout])  # (M, T, V, C) or (T, V, C)
+        return _three_channels(x[..., :ref[4], :, :]), None                 # frames past the length: padding
     if kind == 'pkl':
         a = _open_source(('pkl', ref[1]))['annotations'][ref[2]]
         kp = np.asarray(a['keypoint'], np.float32)

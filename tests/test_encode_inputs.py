@@ -168,8 +168,15 @@ def write_cases(tmp):
     ucla.mkdir()
     for v in (1, 3):
         (ucla / f'a01_s01_e00_v0{v}.json').write_text(json.dumps(dict(label=11 if v == 3 else 1, skeletons=x[0, :, :20].tolist())))
+    np.savez(tmp / 'arrays.npz', x=x[:, :, :20], labels=np.arange(10) % 3, split=np.array(['train', 'test'] * 5),
+             format='msr20')
+    np.savez(tmp / 'nosplit.npz', x=x[:, :, :20], labels=np.arange(10) % 3)
     npy = ['--data', 'npy', '--input', tmp / 'x.npy', '--labels', tmp / 'y.npy', '--format', 'ntu25']
+    arrays = ['--data', 'npz', '--input', tmp / 'arrays.npz']
     return {
+        'arrays npz of another format': (arrays + ['--format', 'ucla20'], ['arrays.npz', "format 'msr20'", '--format msr20']),
+        'arrays npz without split': (['--data', 'npz', '--input', tmp / 'nosplit.npz', '--format', 'msr20'],
+                                     ['nosplit.npz', "no 'split'"]),
         '1-based labels': (npy[:5] + [tmp / 'y1.npy', '--format', 'ntu25'], ['y1.npy', 'no label is 0', '1, 2, 3', '--label-offset -1']),
         'negative labels': (npy[:5] + [tmp / 'yneg.npy', '--format', 'ntu25'], ['yneg.npy', 'negative labels', '-1, 0, 1']),
         'non-integer labels': (npy[:5] + [tmp / 'yhalf.npy', '--format', 'ntu25'], ['yhalf.npy', 'must be integers', '0.5']),
@@ -224,3 +231,61 @@ def test_other_datasets_output_is_not_overwritten(tmp_path):
     run(common + ['--input', tmp_path / 'a.npy'])               # the same input: no question asked
     meta = run(common + ['--input', tmp_path / 'b.npy', '--overwrite'])
     assert meta['input'] == str((tmp_path / 'b.npy').resolve())
+
+
+# ------------------------------------------------------------------ MSR Action3D (msr20) through the generic route
+
+UCLA_TO_MSR = [4, 8, 2, 1, 12, 16, 0, 5, 9, 6, 10, 7, 11, 13, 17, 14, 18, 15, 19, 3]   # msr20 joint k = ucla20 joint
+
+
+def test_msr20_is_ucla20_in_another_joint_order():
+    """Both formats name the same twenty joints: the same pose, stored in either order, gives the
+    same image in every stream (parts, bones, flip pairs and centre agree)."""
+    formats = encode.load_formats()
+    msr, ucla = formats['msr20'], formats['ucla20']
+    assert [msr['joints'][k] for k in range(20)] == [ucla['joints'][j] for j in UCLA_TO_MSR]
+    assert msr['joints'][19] == 'head' and msr['joints'][6] == 'base_of_spine'       # README: 20 head, 7 hip centre
+    pose = skeletons(1, 9, joints=20)[0]                                               # (T, 20, 3), ucla20 order
+    in_ucla = encode.encode_sequence(pose, 'ucla20', size=32)
+    in_msr = encode.encode_sequence(pose[:, UCLA_TO_MSR], 'msr20', size=32)
+    for stream in ('joint', 'bone', 'motion'):
+        np.testing.assert_array_equal(in_msr[stream], in_ucla[stream])
+    flips = {tuple(sorted(msr['joints'][i] for i in pair)) for pair in msr['flip_idx']}
+    assert flips == {tuple(sorted(ucla['joints'][i] for i in pair)) for pair in ucla['flip_idx']}
+
+
+def test_npz_of_named_arrays(tmp_path):
+    """x (N, T, V, C) zero-padded past lengths, labels, split, names, class_names, format: names and
+    labels kept in order, the class count is class_names' length, padding never reaches the image."""
+    x = np.zeros((5, 12, 20, 3), np.float32)
+    lengths = np.array([12, 7, 9, 5, 12], np.int32)
+    for i, n in enumerate(lengths):
+        x[i, :n] = skeletons(1, n, joints=20, seed=i)[0]
+    x[1, 10] = 5.0                                                  # junk past a length: must be cut, not read
+    names = np.array(['a01_s01', 'a02_s02', 'a01_s03', 'a03_s04', 'a02_s05'])
+    np.savez_compressed(tmp_path / 'set.npz', x=x, lengths=lengths, labels=np.array([0, 1, 0, 2, 1]),
+                        split=np.array(['train', 'test', 'train', 'test', 'train']), names=names,
+                        class_names=np.array(['wave', 'punch', 'kick', 'clap']), format='msr20')
+    meta = run(['--data', 'npz', '--input', tmp_path / 'set.npz', '--format', 'msr20', '--name', 'msr20',
+                '--protocol', 'xsub', '--size', '16', '--out', tmp_path / 'out', '--modality', 'joint'])
+    out = tmp_path / 'out' / 'msr20' / 'xsub'
+    assert meta['num_classes'] == 4 and meta['class_names'] == ['wave', 'punch', 'kick', 'clap']
+    assert meta['counts'] == {'train': 3, 'test': 2}
+    assert (out / 'train_names.txt').read_text().split() == ['a01_s01', 'a01_s03', 'a02_s05']
+    assert (out / 'test_names.txt').read_text().split() == ['a02_s02', 'a03_s04']
+    assert np.load(out / 'test_labels.npy').tolist() == [1, 2]
+    expected = encode.encode_sequence(x[1, :7], 'msr20', ('joint',), size=16)['joint']
+    np.testing.assert_allclose(np.load(out / 'test_joint.npy')[0], expected, atol=2e-3)   # float16 store
+
+
+MSR_REAL = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'msr_action3d' / 'msr_action3d.npz'
+
+
+@pytest.mark.skipif(not MSR_REAL.is_file(), reason='shared MSR Action3D data not present')
+def test_real_msr_action3d(tmp_path):
+    meta = run(['--data', 'npz', '--input', MSR_REAL, '--format', 'msr20', '--name', 'msr20', '--protocol', 'xsub',
+                '--size', '32', '--out', tmp_path, '--modality', 'joint'])
+    assert meta['counts'] == {'train': 291, 'test': 275} and meta['num_classes'] == 20   # README: odd subjects train
+    assert meta['class_names'][0] == 'high arm wave' and meta['class_names'][19] == 'pickup and throw'
+    names = (tmp_path / 'msr20' / 'xsub' / 'train_names.txt').read_text().split()
+    assert len(names) == 291 and all(int(n.split('_')[1][1:]) % 2 == 1 for n in names)
