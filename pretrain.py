@@ -492,6 +492,15 @@ def save_vis(path, model, raw_images, norm, args, device, epoch=None, names=None
     common.save_png(titled_grid(grid, ['input', 'masked', 'reconstruction'], names or [], title), path)
 
 
+def spread_over_classes(labels, k):
+    """k sample indices: the first of every class, then the second of every class, ... (so that a
+    picture of k samples shows as many classes as it can)."""
+    rank = np.zeros(len(labels), dtype=np.int64)                  # position of each sample within its class
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange((labels == c).sum())
+    return np.lexsort((labels, rank))[:k]
+
+
 def titled_grid(tiles, column_titles, row_titles, title):
     """A Pillow image of tiles (rows, columns, S, S, 3) uint8, enlarged to at least 128 pixels, with a
     title, a title over each column and a name left of each row."""
@@ -600,10 +609,11 @@ def main(args):
     vis_images = None
     if args.vis:   # the first K train images, read through their own dataset (the loader's stays unopened)
         vis_set = common.S2IDataset([splits[0][0]], [splits[0][1]])
-        vis_images = vis_set.__getitems__(list(range(min(args.vis, len(vis_set)))))[0]
+        shown = spread_over_classes(splits[0][1], args.vis)
+        vis_images = vis_set.__getitems__(shown.tolist())[0]
         classes = metas[0].get('class_names') or []
-        vis_names = [f'{name}, {classes[label] if label < len(classes) else f"class {label}"}'
-                     for name, label in zip(splits[0][2], splits[0][1][:len(vis_images)])]
+        vis_names = [f'{splits[0][2][i]}, {classes[label] if label < len(classes) else f"class {label}"}'
+                     for i, label in zip(shown, splits[0][1][shown])]
 
     def save(epoch):
         if rank != 0:

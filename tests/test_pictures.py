@@ -139,3 +139,17 @@ def test_preview_without_class_names(tmp_path):
     np.save(out / f'train_{modality}.npy', np.zeros((1, 3, 16, 16), dtype=np.float16))
     encode.write_previews(out, 8, [modality])
     assert sorted(os.listdir(out / 'preview')) == ['00_only_joint.png', 'grid.png']
+
+
+def test_confusion_class_names_follow_the_logits():
+    """finetune names the confusion matrix's classes in logit order (one-shot: the novel classes only)."""
+    import finetune
+    assert finetune.class_names({'class_names': ['walk', 'sit', 'jump']}, [2, 0]) == ['jump', 'walk']
+    assert finetune.class_names({'class_names': None}, [6, 0]) == ['class 6', 'class 0']
+
+
+def test_vis_samples_spread_over_classes():
+    """Sorted by class, 3 + 2 + 1 samples: first of each class (0, 3, 5), then the second ones (1, 4), ..."""
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    assert pretrain.spread_over_classes(labels, 4).tolist() == [0, 3, 5, 1]
+    assert pretrain.spread_over_classes(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
