@@ -664,9 +664,9 @@ def save_confusion(path, predictions, labels, num_classes, class_names=None, tit
     cell = min(48, max(12, 600 // num_classes))
     size = max(9, min(13, cell - 3))
     small = font(size)
-    label_width = max(ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(n, font=small) for n in names) + 10
+    label_width = max(text_width(n, small) for n in names) + 10
     left, top, side = int(24 + label_width), 66, cell * num_classes
-    width = max(left + side + 90, 560, int(ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(title, font=font(16))) + 16)
+    width = max(left + side + 90, 560, int(text_width(title, font(16))) + 16)
     image = Image.new('RGB', (width, top + side + int(label_width) + 30), 'white')
     draw = ImageDraw.Draw(image)
     draw.text((8, 6), title, fill='black', font=font(16))
@@ -682,7 +682,8 @@ def save_confusion(path, predictions, labels, num_classes, class_names=None, tit
                           fill='white' if share[i, j] > 0.5 else 'black')
     draw.rectangle([left - 1, top - 1, left + side, top + side], outline='black')
     image.paste(rotated_text(names, label_width, cell, size), (left, top + side + 2))
-    draw.text((left + side / 2, top + side + label_width + 14), 'predicted class', fill='black', font=font(13), anchor='mm')
+    draw.text((left + side / 2, top + side + label_width + 14), 'predicted class', fill='black', font=font(13),
+              anchor='mm')
     axis_label = rotated_text(['true class'], 90, 18, 13, anchor='mm')
     image.paste(axis_label, (2, top + side // 2 - 45))
     bar_x = left + side + 18                                                      # scale bar: 100% at the top
@@ -736,7 +737,8 @@ def progress(iterable, desc, steps, batch_size=1, print_every=0, status=None, ru
         now = time.time()
         if (print_every and step % print_every == 0) or now - _last_line[0] >= seconds:
             rate = step / max(now - start, 1e-9)                                  # steps per second
-            shown = f' {status()}' if status else ''
+            text = status() if status else ''
+            shown = f' {text}' if text else ''
             print(f'{desc} step {step}/{steps}{shown} {rate * batch_size:.1f} img/s, '
                   f'{format_duration((total - done - step) / rate)} left', file=sys.stderr, flush=True)
             _last_line[0] = now
@@ -762,6 +764,12 @@ def font(size=12):
         return ImageFont.load_default(size)
     except TypeError:
         return ImageFont.load_default()
+
+
+def text_width(text, text_font):
+    """Width in pixels of one line of text in that font."""
+    from PIL import Image, ImageDraw
+    return ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(text, font=text_font)
 
 
 def shade(value):
@@ -831,13 +839,14 @@ def draw_panel(draw, box, title, series, x_range, y_range=None, chance=None):
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(31, 90, 170))
 
 
-def save_curves(out_dir, title=None, chance=None):
+def save_curves(out_dir, what=None, chance=None):
     """curves.png beside log.jsonl: the training loss per epoch and, where the run evaluated, test
-    top-1 (%) per epoch with the chance level."""
+    top-1 (%) per epoch with the chance level; titled with the run folder's name and `what`."""
     from PIL import Image, ImageDraw
     with open(os.path.join(out_dir, 'log.jsonl')) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    panels = [('training loss (epoch mean)', [(r['epoch'], r['loss']) for r in records if math.isfinite(r['loss'])], None, None)]
+    loss = [(r['epoch'], r['loss']) for r in records if math.isfinite(r['loss'])]
+    panels = [('training loss (epoch mean)', loss, None, None)]
     top1 = [(r['epoch'], r['test_top1']) for r in records if 'test_top1' in r]
     if top1:
         panels.append(('test top-1 (%)', top1, (0, 100), chance))
@@ -847,7 +856,8 @@ def save_curves(out_dir, title=None, chance=None):
     width, height = 460, 320
     image = Image.new('RGB', (width * len(panels), height + 30), 'white')
     draw = ImageDraw.Draw(image)
-    draw.text((10, 8), title or os.path.basename(os.path.normpath(out_dir)), fill='black', font=font(15))
+    run = os.path.basename(os.path.normpath(out_dir))
+    draw.text((10, 8), f'{run}: {what}' if what else run, fill='black', font=font(15))
     epochs = [r['epoch'] for r in records]
     for k, (name, series, y_range, line) in enumerate(panels):
         draw_panel(draw, (k * width, 30, (k + 1) * width, 30 + height), name, series, (min(epochs), max(epochs)),

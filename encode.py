@@ -1050,7 +1050,8 @@ def finish_split(out_dir, split, stream, outputs, n, size, strict=False, skipped
         elif show_progress and time.time() - last > 30:
             last = time.time()
             rate = (row + 1) / (last - t0)
-            print(f'encode.py: {split} {row + 1}/{n} ({rate:.0f} samples/s, {(n - row - 1) / rate:.0f} s left)', file=sys.stderr)
+            print(f'encode.py: {split} {row + 1}/{n} ({rate:.0f} samples/s, {(n - row - 1) / rate:.0f} s left)',
+                  file=sys.stderr)
     if bar is not None:
         bar.close()
     k, row_bytes = len(rows), 3 * size * size * 2
@@ -1118,7 +1119,8 @@ def write_previews(out_dir, k, modalities, class_names=None):
                 for i in picks for m in modalities]
     size = np.load(Path(out_dir) / f'train_{modalities[0]}.npy', mmap_mode='r').shape[-1]
     side = size * max(1, 128 // size)
-    width = max([side] + [int(ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(t, font=font)) for c in captions for t in c])
+    measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+    width = max([side] + [int(measure.textlength(t, font=font)) for caption in captions for t in caption])
     grid = Image.new('RGB', (len(modalities) * (width + 8) + 8, 30 + len(picks) * (side + 40)), 'white')
     draw = ImageDraw.Draw(grid)
     draw.text((8, 8), f'{len(picks)} train samples, {len(np.unique(labels[picks]))} classes; '

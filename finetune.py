@@ -213,8 +213,8 @@ def main(args):
             record['test_top1'] = metrics['top1']
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
-            common.save_curves(out_dir, f'{os.path.basename(os.path.normpath(out_dir))}: fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}',
-                               chance=100 / num_classes)
+            common.save_curves(out_dir, f'fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}',
+                               100 / num_classes)
             if (epoch + 1) % args.save_every == 0 or last:
                 common.save_checkpoint(out_dir, model, optimizer, epoch, args, best=best)
     common.cleanup_distributed()

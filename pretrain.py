@@ -508,9 +508,8 @@ def titled_grid(tiles, column_titles, row_titles, title):
     rows, columns, s = tiles.shape[:3]
     zoom, gap, top = max(1, 128 // s), 6, 60
     side = s * zoom
-    left = 8 + max([int(ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(t, font=common.font(12))) + 8
-                    for t in row_titles] + [0])
-    width = max(left + columns * (side + gap), int(ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(title, font=common.font(15))) + 16)
+    left = 8 + max([int(common.text_width(t, common.font(12))) + 8 for t in row_titles] + [0])
+    width = max(left + columns * (side + gap), int(common.text_width(title, common.font(15))) + 16)
     image = Image.new('RGB', (width, top + rows * (side + gap)), 'white')
     draw = ImageDraw.Draw(image)
     draw.text((8, 6), title, fill='black', font=common.font(15))
@@ -668,8 +667,7 @@ def main(args):
             common.log_jsonl(log_path, {'epoch': epoch, 'loss': epoch_loss.item(),
                                         'lr': current_lr,
                                         'images_per_s': steps_per_epoch * args.batch_size / elapsed, 'time': elapsed})
-            common.save_curves(out_dir, f'{os.path.basename(os.path.normpath(out_dir))}: {args.method} pretraining, '
-                                        f'{args.data}/{args.protocol}/{args.modality}')
+            common.save_curves(out_dir, f'{args.method} pretraining, {args.data}/{args.protocol}/{args.modality}')
             log(f'epoch {epoch}: loss {epoch_loss.item():.4f} ({elapsed:.1f}s)')
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
             save(epoch + 1)

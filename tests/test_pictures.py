@@ -39,8 +39,7 @@ def test_confusion_cells_are_row_shares(tmp_path):
     common.save_confusion(path, predictions, labels, 3, ['walk', 'sit', 'jump'], 'run: top-1 75.0%')
     image = Image.open(path).convert('RGB')
     # layout: cell 48 (600 // 3 capped at 48); left = 24 + widest name + 10, top = 66
-    from PIL import ImageDraw
-    width = max(ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(n, font=common.font(13)) for n in ('walk', 'sit', 'jump'))
+    width = max(common.text_width(n, common.font(13)) for n in ('walk', 'sit', 'jump'))
     left, top, cell = int(24 + width + 10), 66, 48
 
     def pixel(row, column):              # a corner of the cell, away from the count written in its middle
@@ -60,8 +59,7 @@ def test_confusion_scale_bar_and_many_classes(tmp_path):
     path = str(tmp_path / 'confusion.png')
     common.save_confusion(path, labels, labels, 120)
     image = Image.open(path).convert('RGB')
-    from PIL import ImageDraw
-    width = max(ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(f'class {k}', font=common.font(9)) for k in range(120))
+    width = max(common.text_width(f'class {k}', common.font(9)) for k in range(120))
     left, top, side = int(24 + width + 10), 66, 12 * 120
     assert image.getpixel((left + 6, top + 6)) == BLUE and image.getpixel((left + 18, top + 6)) == (255, 255, 255)
     bar_x = left + side + 18
