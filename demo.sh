@@ -8,7 +8,7 @@
 #   bash demo.sh DATA ROOT [encode.py arguments]   # any dataset encode.py reads, e.g. ntu60 ROOT --protocol xview
 #   bash demo.sh npz --input X.npz --format ntu25 --name ntu60     # generic inputs: encode.py's arguments after DATA
 #
-# Writes the encoded data to data/ and the runs to runs/demo/ (synthetic) or runs/demo_NAME/; each
+# Writes the encoded data to data/ and the runs to runs/demo/ (synthetic) or runs/demo_DATA/; each
 # stage's printed output is kept in its run folder as stdout.log; progress goes to the terminal.
 # DEMO_DATA and DEMO_RUNS move those folders; DEMO_PRETRAIN, DEMO_PROBE and DEMO_FINETUNE replace a
 # stage's settings (tests/test_demo.py runs one-epoch stages this way).
