@@ -4,7 +4,7 @@
 # ensemble, then one table with every number, chance level and the path of every output.
 #
 #   bash demo.sh                                   # built-in synthetic set, vit_test at 64 x 64: about 2 minutes on 2 cores
-#   bash demo.sh ucla /path/to/all_sqe             # RESULTS.md's CPU recipe (vit_tiny, 64 x 64): about 40 minutes on 2 cores
+#   bash demo.sh ucla /path/to/all_sqe             # RESULTS.md's CPU recipe (vit_tiny, 64 x 64): ~40 min on 2 idle cores (its stage times)
 #   bash demo.sh DATA ROOT [encode.py arguments]   # any dataset encode.py reads, e.g. ntu60 ROOT --protocol xview
 #   bash demo.sh npz --input X.npz --format ntu25 --name ntu60     # generic inputs: encode.py's arguments after DATA
 #
