@@ -14,7 +14,7 @@ frames dropped, the whole sequence translated by actor 1's centre joint in its f
 with two people split into two consecutive single-person frames; NW-UCLA rescaled as Cheng et al.
 Streams: joint, bone (joint - parent), motion (each person's frame t+1 - frame t, last frame zero).
 
-Output ({out}/{name}/{protocol}/, see DESIGN.md): {split}_{modality}.npy float16 (N, 3, S, S),
+Output ({out}/{name}/{protocol}/, see README.md): {split}_{modality}.npy float16 (N, 3, S, S),
 {split}_labels.npy int64, {split}_names.txt, meta.json (written last: its presence = complete).
 Imports nothing but numpy, pyyaml and the standard library.
 """
@@ -1427,6 +1427,9 @@ def _shrink_npy(path, n):
 
 
 def progress(total, desc):
+    """A tqdm bar when stderr is a terminal; None otherwise (a log), and finish_split prints a line every 30 s."""
+    if not sys.stderr.isatty():
+        return None
     try:
         from tqdm import tqdm
         return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=1.0, disable=total < 200)
@@ -1458,9 +1461,11 @@ def finish_split(out_dir, split, stream, outputs, n, size, strict=False, skipped
             rows.append(row)
         if bar is not None:
             bar.update(1)
-        elif show_progress and time.time() - last > 5:
+        elif show_progress and time.time() - last > 30:
             last = time.time()
-            print(f'encode.py: {split} {row + 1}/{n} ({(row + 1) / (last - t0):.0f}/s)', file=sys.stderr)
+            rate = (row + 1) / (last - t0)
+            print(f'encode.py: {split} {row + 1}/{n} ({rate:.0f} samples/s, {(n - row - 1) / rate:.0f} s left)',
+                  file=sys.stderr)
     if bar is not None:
         bar.close()
     k, row_bytes = len(rows), 3 * size * size * 2
@@ -1508,21 +1513,42 @@ def to_uint8(img):
     return np.round(x * 255).astype(np.uint8).transpose(1, 2, 0)
 
 
-def write_previews(out_dir, k, modalities):
-    """K train samples per modality as PNGs and one grid (rows: samples, columns: modalities)."""
+def write_previews(out_dir, k, modalities, class_names=None):
+    """K train samples per modality as PNGs, and grid.png: one row per sample, from as many classes as
+    possible, one column per stream, each tile captioned with sample name, class and stream."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise EncodeError('--preview', 'the labelled grid needs Pillow (pip install pillow)')
     pdir = Path(out_dir) / 'preview'
     pdir.mkdir(exist_ok=True)
     names = (Path(out_dir) / 'train_names.txt').read_text().split()
-    rows = []
-    for i in range(min(k, len(names))):
-        tiles = []
-        for m in modalities:
+    labels = np.load(Path(out_dir) / 'train_labels.npy')
+    rank = np.zeros(len(labels), np.int64)                     # position of each sample within its class
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange((labels == c).sum())
+    picks = np.lexsort((labels, rank))[:k]                     # first of every class, then second, ...
+    font = ImageFont.load_default()
+    captions = [[names[i], f'{class_names[labels[i]] if class_names else f"class {labels[i]}"}, {m}']
+                for i in picks for m in modalities]
+    size = np.load(Path(out_dir) / f'train_{modalities[0]}.npy', mmap_mode='r').shape[-1]
+    side = size * max(1, 128 // size)
+    measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+    width = max([side] + [int(measure.textlength(t, font=font)) for caption in captions for t in caption])
+    grid = Image.new('RGB', (len(modalities) * (width + 8) + 8, 30 + len(picks) * (side + 40)), 'white')
+    draw = ImageDraw.Draw(grid)
+    draw.text((8, 8), f'{len(picks)} train samples, {len(np.unique(labels[picks]))} classes; '
+                      'each image: time down, joints across, x y z as R G B', fill='black', font=font)
+    for r, i in enumerate(picks):
+        for c, m in enumerate(modalities):
             img = to_uint8(np.load(Path(out_dir) / f'train_{m}.npy', mmap_mode='r')[i])
-            write_png(pdir / f'{i:02d}_{names[i]}_{m}.png', img)
-            tiles += [img, np.full((img.shape[0], 4, 3), 255, np.uint8)]
-        rows += [np.concatenate(tiles[:-1], 1), np.full((4, sum(t.shape[1] for t in tiles[:-1]), 3), 255, np.uint8)]
-    if rows:
-        write_png(pdir / 'grid.png', np.concatenate(rows[:-1], 0))
+            write_png(pdir / f'{r:02d}_{names[i]}_{m}.png', img)
+            x, y = 8 + c * (width + 8), 30 + r * (side + 40)
+            grid.paste(Image.fromarray(img).resize((side, side), Image.NEAREST), (x, y))
+            for line, text in enumerate(captions[r * len(modalities) + c]):
+                draw.text((x, y + side + 3 + 13 * line), text, fill='black', font=font)
+    grid.save(pdir / 'grid.tmp.png')
+    os.replace(pdir / 'grid.tmp.png', pdir / 'grid.png')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1575,7 +1601,8 @@ def get_args(argv=None):
     g = p.add_argument_group('output')
     g.add_argument('--out', default='data', help='output root: {out}/{name}/{protocol}/')
     g.add_argument('--workers', type=int, default=1, help='processes that parse and encode')
-    g.add_argument('--preview', type=int, default=0, help='write K train samples as PNG per modality')
+    g.add_argument('--preview', type=int, default=0,
+                   help='write K train samples (spread over the classes) as PNGs and a labelled preview/grid.png')
     g.add_argument('--strict', action='store_true', help='a corrupt sample is fatal instead of skipped')
     g.add_argument('--overwrite', action='store_true', help='replace the output of a different dataset in the same folder')
     g.add_argument('--quiet', action='store_true', help='no progress output')
@@ -1660,7 +1687,7 @@ def encode(args):
     if args.split_rule:
         warnings.append(args.split_rule)
     if args.preview:
-        write_previews(out_dir, args.preview, modalities)
+        write_previews(out_dir, args.preview, modalities, args.class_names)
     elapsed = time.time() - t0
     meta = dict(dataset=args.name or args.data, source=args.data, input=source, format=fmt['name'],
                 protocol=args.protocol, num_classes=num_classes, class_names=args.class_names, size=args.size,

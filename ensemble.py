@@ -1,11 +1,12 @@
 """Fuse the joint, bone and motion streams (paper Table 3, "3s-S2I"): weighted mean of softmax scores.
 
     python ensemble.py runs/finetune/ntu60_xsub_joint_full runs/finetune/ntu60_xsub_bone_full \\
-        runs/finetune/ntu60_xsub_motion_full [--weights 1 1 1] [--output ensemble.json]
+        runs/finetune/ntu60_xsub_motion_full [--weights 1 1 1] [--output PATH]
 
 Each run directory holds test_logits.npy (N, C) float32, test_labels.npy (N,) and test_names.txt
 (written by probe.py / finetune.py). All runs must hold the same samples in the same order with
-the same labels. Imports nothing from the project.
+the same labels. Writes ensemble.json into the first run directory unless --output says
+otherwise. Imports nothing from the project.
 """
 import argparse
 import json
@@ -19,7 +20,8 @@ def get_args(argv=None):
     parser = argparse.ArgumentParser(description='Fuse the softmax scores of several probe/finetune runs')
     parser.add_argument('runs', nargs='+', help='run directories (e.g. joint, bone, motion)')
     parser.add_argument('--weights', type=float, nargs='+', default=None, help='one per run; default: equal')
-    parser.add_argument('--output', default='ensemble.json', help='where the accuracies are written as JSON')
+    parser.add_argument('--output', default=None,
+                        help='where the accuracies are written as JSON (default: ensemble.json in the first run)')
     args = parser.parse_args(argv)
     if args.weights is None:
         args.weights = [1.0] * len(args.runs)
@@ -82,8 +84,11 @@ def main(args):
         print(f'{run_dir}: top1 {acc["top1"]:.2f} top5 {acc["top5"]:.2f}')
     print(f'fused ({" ".join(f"{w:g}" for w in args.weights)}): top1 {result["fused"]["top1"]:.2f} '
           f'top5 {result["fused"]["top5"]:.2f}')
-    with open(args.output, 'w') as f:
+    output = args.output or os.path.join(args.runs[0], 'ensemble.json')
+    with open(output + '.tmp', 'w') as f:
         json.dump(result, f, indent=2)
+    os.replace(output + '.tmp', output)
+    print(f'wrote {output}')
     return result
 
 

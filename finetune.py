@@ -181,7 +181,10 @@ def main(args):
         else:
             train_sampler.set_epoch(epoch)
             batches = train_loader
-        for step, batch in enumerate(batches):
+        shown = common.progress(batches, f'epoch {epoch}', steps_per_epoch, args.batch_size, args.print_every,
+                                lambda: f'loss {loss.item():.4f} lr {lr_now(optimizer):.4g}',
+                                run=(epoch * steps_per_epoch, args.epochs * steps_per_epoch))
+        for step, batch in enumerate(shown):
             it = epoch * steps_per_epoch + step
             common.set_lr(optimizer, common.lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
             with common.seeded(common.step_seed(args.seed, it), device):
@@ -198,16 +201,14 @@ def main(args):
             optimizer.step()
             loss_sum += loss.detach()
             seen += len(labels)
-            if args.print_every and step % args.print_every == 0:
-                say(f'epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} '
-                    f'lr {lr_now(optimizer):.4g} {seen * world / (time.time() - epoch_start):.0f} img/s')
         record = common.epoch_record(epoch, loss_sum, step + 1, lr_now(optimizer), seen * world, epoch_start)
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_every == 0 or last:
             model.eval()
             with torch.autocast(**amp):
                 outputs = common.evaluate(model, test_loader, len(test_set), device, mean, std, args, planar)
-            settings = {'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes}
+            settings = {'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
+                        'class_names': class_names(meta, novel if oneshot else range(num_classes))}
             if oneshot:
                 embeddings = F.normalize(outputs, dim=1)
                 exemplar_emb, query_emb = embeddings[:num_classes], embeddings[num_classes:]
@@ -220,12 +221,20 @@ def main(args):
             record['test_top1'] = metrics['top1']
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
+            common.save_curves(out_dir, f'fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}',
+                               100 / num_classes)
             if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
                 common.save_checkpoint(out_dir, model, optimizer, epoch, args, 'finetune', best=best)
     if start_epoch >= last_epoch:
         say(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
     common.cleanup_distributed()
     return metrics
+
+
+def class_names(meta, labels):
+    """Names of these encoded labels for confusion.png: meta.json's class_names, else 'class k'."""
+    names = meta.get('class_names')
+    return [names[k] if names else f'class {k}' for k in labels]
 
 
 def lr_now(optimizer):

@@ -470,9 +470,9 @@ def masked_batch(batch, seed, args, model, norm, rank, world, device):
 # Visualisation (--vis K)
 
 @torch.no_grad()
-def save_vis(path, model, raw_images, norm, args, device):
-    """PNG: one row per sample; columns input, masked input (grey), reconstruction (visible + predicted)."""
-    from PIL import Image
+def save_vis(path, model, raw_images, norm, args, device, epoch=None, names=None):
+    """PNG: one row per sample (its name on the left); columns input, masked input (grey),
+    reconstruction (visible + predicted), titled with the run and the epoch."""
     mean, std, _ = norm
     raw = raw_images.to(device).float()
     images = (raw - mean) / std
@@ -493,14 +493,45 @@ def save_vis(path, model, raw_images, norm, args, device):
         pixels = torch.where(column.isnan(), torch.full_like(pixels, 0.5), pixels)
         tiles.append(pixels)
     grid = torch.stack(tiles, dim=1)                                              # (K, 3 columns, 3, S, S)
-    k, _, _, s, _ = grid.shape
-    picture = grid.permute(0, 3, 1, 4, 2).reshape(k * s, 3 * s, 3)              # rows of samples
-    picture = (picture.cpu().numpy() * 255).round().astype(np.uint8)
-    zoom = max(1, 128 // s)
-    picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)
-    tmp = path + '.tmp.png'
-    Image.fromarray(picture).save(tmp)
-    os.replace(tmp, path)
+    grid = (grid.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)   # (K, 3, S, S, RGB)
+    masked = num_masked(args.mask, model.grid, args.mask_ratio)
+    run = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    title = f'{run}: epoch {epoch} ({args.method}, {args.mask} masking, {masked} of {model.grid ** 2} patches grey)'
+    common.save_png(titled_grid(grid, ['input', 'masked', 'reconstruction'], names or [], title), path)
+
+
+def spread_over_classes(labels, k):
+    """k sample indices: the first of every class, then the second of every class, ... (so that a
+    picture of k samples shows as many classes as it can)."""
+    rank = np.zeros(len(labels), dtype=np.int64)                  # position of each sample within its class
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange((labels == c).sum())
+    return np.lexsort((labels, rank))[:k]
+
+
+def titled_grid(tiles, column_titles, row_titles, title):
+    """A Pillow image of tiles (rows, columns, S, S, 3) uint8, enlarged to at least 128 pixels, with a
+    title, a title over each column and a name left of each row."""
+    from PIL import Image, ImageDraw
+    rows, columns, s = tiles.shape[:3]
+    zoom, gap, top = max(1, 128 // s), 6, 60
+    side = s * zoom
+    left = 8 + max([int(common.text_width(t, common.font(12))) + 8 for t in row_titles] + [0])
+    width = max(left + columns * (side + gap), int(common.text_width(title, common.font(15))) + 16)
+    image = Image.new('RGB', (width, top + rows * (side + gap)), 'white')
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title, fill='black', font=common.font(15))
+    draw.text((8, 24), 'each image: time down, joints across, x y z as R G B', fill=(90, 90, 90), font=common.font(11))
+    for c, name in enumerate(column_titles):
+        draw.text((left + c * (side + gap) + side / 2, top - 6), name, fill='black', font=common.font(12), anchor='mb')
+    for r in range(rows):
+        y = top + r * (side + gap)
+        if r < len(row_titles):
+            draw.text((left - 8, y + side / 2), row_titles[r], fill='black', font=common.font(12), anchor='rm')
+        for c in range(columns):
+            tile = Image.fromarray(tiles[r, c]).resize((side, side), Image.NEAREST)
+            image.paste(tile, (left + c * (side + gap), y))
+    return image
 
 
 # ----------------------------------------------------------------------------------------------
@@ -580,7 +611,11 @@ def main(args):
     vis_images = None
     if args.vis:   # the first K train images, read through their own dataset (the loader's stays unopened)
         vis_set = common.S2IDataset([splits[0][0]], [splits[0][1]])
-        vis_images = vis_set.__getitems__(list(range(min(args.vis, len(vis_set)))))[0]
+        shown = spread_over_classes(splits[0][1], args.vis)
+        vis_images = vis_set.__getitems__(shown.tolist())[0]
+        classes = metas[0].get('class_names') or []
+        vis_names = [f'{splits[0][2][i]}, {classes[label] if label < len(classes) else f"class {label}"}'
+                     for i, label in zip(shown, splits[0][1][shown])]
 
     def save(epoch):
         if rank != 0:
@@ -590,7 +625,7 @@ def main(args):
                             {'model': args.model, 'size': size, 'method': args.method, 'data': args.data,
                              'protocol': ','.join(protocols), 'modality': args.modality, 'epoch': epoch})
         if args.vis:
-            save_vis(os.path.join(out_dir, f'vis_{epoch:04d}.png'), bare, vis_images, norm, args, device)
+            save_vis(os.path.join(out_dir, f'vis_{epoch:04d}.png'), bare, vis_images, norm, args, device, epoch, vis_names)
 
     def check_finite(mean_loss, where):
         """Stop on a NaN/inf loss before anything is saved: checkpoint.pth stays the last good one."""
@@ -606,8 +641,11 @@ def main(args):
         model.train()
         batches = iter(loader)
         loss_sum = torch.zeros((), device=device)          # summed on the device: no sync per step
-        start = tick = time.time()
-        for i in range(steps_per_epoch):
+        start = time.time()
+        status = ''
+        for i in common.progress(range(steps_per_epoch), f'epoch {epoch}', steps_per_epoch, args.batch_size,
+                                 args.print_every, lambda: status,
+                                 run=(epoch * steps_per_epoch, last_epoch * steps_per_epoch)):
             current_lr = common.lr_at(step, total_steps, warmup_steps, lr, args.min_lr)   # per iteration
             common.set_lr(optimizer, current_lr)
             for k in range(args.accum_iter):
@@ -624,10 +662,7 @@ def main(args):
             if args.print_every and (i + 1) % args.print_every == 0:
                 mean_loss = common.all_reduce_mean(loss_sum) / (i + 1)
                 check_finite(mean_loss, f'epoch {epoch} step {i + 1}')
-                rate = args.print_every * args.batch_size / (time.time() - tick)
-                log(f'epoch {epoch} step {i + 1}/{steps_per_epoch} loss {mean_loss.item():.4f} '
-                    f'lr {current_lr:.3g} {rate:.1f} img/s')
-                tick = time.time()
+                status = f'loss {mean_loss.item():.4f} lr {current_lr:.3g}'
         epoch_loss = common.all_reduce_mean(loss_sum) / steps_per_epoch
         check_finite(epoch_loss, f'the end of epoch {epoch}')
         elapsed = time.time() - start
@@ -635,6 +670,7 @@ def main(args):
             common.log_jsonl(log_path, {'epoch': epoch, 'loss': epoch_loss.item(),
                                         'lr': current_lr,
                                         'images_per_s': steps_per_epoch * args.batch_size / elapsed, 'time': elapsed})
+            common.save_curves(out_dir, f'{args.method} pretraining, {args.data}/{args.protocol}/{args.modality}')
             log(f'epoch {epoch}: loss {epoch_loss.item():.4f} ({elapsed:.1f}s)')
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
             save(epoch + 1)

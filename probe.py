@@ -104,8 +104,8 @@ def main(args):
     cache = None
     if args.cache_features:
         start = time.time()
-        cache = {'train': extract_all(extract, train_set, batch_per_rank, args, device, mean, std, planar),
-                 'test': extract_all(extract, test_set, batch_per_rank, args, device, mean, std, planar)}
+        cache = {'train': extract_all(extract, train_set, batch_per_rank, args, device, mean, std, planar, 'train features'),
+                 'test': extract_all(extract, test_set, batch_per_rank, args, device, mean, std, planar, 'test features')}
         cache['train_labels'] = torch.from_numpy(train_labels).to(device)
         say(f'cached features: train {tuple(cache["train"].shape)}, test {tuple(cache["test"].shape)} '
             f'in {time.time() - start:.1f}s')
@@ -138,7 +138,10 @@ def main(args):
             batches = train_loader
         else:
             batches = cached_batches(cache, epoch, args.seed, args.batch_size, steps_per_epoch)
-        for step, batch in enumerate(batches):
+        shown = common.progress(batches, f'epoch {epoch}', steps_per_epoch, args.batch_size, args.print_every,
+                                lambda: f'loss {loss.item():.4f} lr {optimizer.param_groups[0]["lr"]:.4g}',
+                                run=(epoch * steps_per_epoch, args.epochs * steps_per_epoch))
+        for step, batch in enumerate(shown):
             it = epoch * steps_per_epoch + step
             common.set_lr(optimizer, common.lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
             if cache is None:
@@ -154,9 +157,6 @@ def main(args):
             optimizer.step()
             loss_sum += loss.detach()
             seen += len(labels)
-            if args.print_every and step % args.print_every == 0:
-                say(f'epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} '
-                    f'lr {optimizer.param_groups[0]["lr"]:.4g} {seen / (time.time() - epoch_start):.0f} img/s')
         record = common.epoch_record(epoch, loss_sum, step + 1, optimizer.param_groups[0]['lr'], seen, epoch_start)
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_every == 0 or last:
@@ -167,10 +167,12 @@ def main(args):
                 with torch.no_grad():
                     logits = head(cache['test']).float()                   # (N, C)
             metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args,
-                             settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes})
+                             settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
+                                       'class_names': meta.get('class_names')})
             record['test_top1'] = metrics['top1']
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
+            common.save_curves(out_dir, f'linear probe, {args.data}/{args.protocol}/{args.modality}', 100 / num_classes)
             if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
                 common.save_checkpoint(out_dir, head, optimizer, epoch, args, 'probe', best=best)
     if start_epoch >= last_epoch:
@@ -187,10 +189,10 @@ def make_probe_head(dim, num_classes):
     return head
 
 
-def extract_all(extract, dataset, batch_per_rank, args, device, mean, std, planar):
+def extract_all(extract, dataset, batch_per_rank, args, device, mean, std, planar, desc='features'):
     """Un-augmented features (N, D) of a whole dataset, in dataset order, on every rank."""
     loader, _ = common.make_loader(dataset, batch_per_rank, False, args.num_workers, args.seed, device)
-    return common.evaluate(extract, loader, len(dataset), device, mean, std, args, planar)
+    return common.evaluate(extract, loader, len(dataset), device, mean, std, args, planar, desc)
 
 
 def cached_batches(cache, epoch, seed, batch_size, steps):

@@ -67,4 +67,5 @@ def test_command_line_imports_nothing_from_the_project(tmp_path):
     out = subprocess.run([sys.executable, '-c', code] + runs, cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert 'top1 100.00' in out.stdout
-    assert json.loads((tmp_path / 'ensemble.json').read_text())['fused']['top1'] == 100.0   # default --output
+    assert not (tmp_path / 'ensemble.json').exists()                                # not the current directory
+    assert json.loads((tmp_path / 'joint' / 'ensemble.json').read_text())['fused']['top1'] == 100.0   # the first run's
