@@ -408,7 +408,7 @@ def step_memory_gb(data_root, method, batch):
 
 def bench_memory(args, workdir, device):
     """Opt-in (about 2 minutes): ViT-B step memory at batch 8 and 16 on the CPU. It is linear in the
-    batch, so the two points give the memory per GPU at batch 64 (on CUDA, train_peak_memory_gb
+    batch, so the two points give the memory per GPU at batch 64 (on CUDA, train_bare_step_peak_memory_gb
     measures it directly)."""
     data_root = encode_synthetic(workdir, 224, 3)
     for method in ('mae', 'diffmae'):

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-# Default protocol of each dataset (DESIGN.md); used when --protocol is not given.
+# Default protocol of each dataset (README.md, Encoding datasets); used when --protocol is not given.
 DEFAULT_PROTOCOL = {'ntu60': 'xsub', 'ntu120': 'xsub', 'pku1': 'xsub', 'pku2': 'xsub',
                     'ucla': 'xview', 'toyota': 'xsub'}
 
@@ -206,7 +206,7 @@ def gather_by_index(values, indices, num_samples):
 
 
 # ----------------------------------------------------------------------------------------------
-# Encoded data (the contract in DESIGN.md)
+# Encoded data (the layout encode.py writes, README.md)
 
 def resolve_protocol(data_root, data, protocol):
     """--protocol if given, else the only protocol encoded, else the dataset's standard one."""

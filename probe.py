@@ -11,9 +11,9 @@ linear-probe head), trained with SGD + Nesterov momentum, warmup then per-iterat
 Learning rate: --lr is the absolute learning rate at the global batch size (4.2: "an initial
 learning rate of 0.2" at batch 128). --blr instead scales with the batch: lr = blr * batch / 256.
 
-Run directory (DESIGN.md): checkpoint.pth, log.jsonl, result.json, test_logits.npy, test_labels.npy,
-test_names.txt, confusion.png. The reporting helpers at the bottom of this file (evaluation in
-dataset order, result files, confusion image) are shared with finetune.py.
+Run directory (README.md): checkpoint.pth, log.jsonl, result.json, test_logits.npy, test_labels.npy,
+test_names.txt, confusion.png, curves.png; the reporting helpers (evaluation in dataset order, result
+files, pictures) are common.py's, shared with finetune.py.
 """
 import argparse
 import os

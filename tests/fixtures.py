@@ -1,4 +1,4 @@
-"""Encoded datasets written straight in the contract of DESIGN.md, for the training-stage tests.
+"""Encoded datasets written straight in the layout encode.py writes (README.md), for the training-stage tests.
 
 Each class is a different smooth pattern over (time, joint), so a tiny ViT separates them quickly.
 """

@@ -14,16 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import encode  # noqa: E402
-
-TRI3_YAML = """
-tri3:
-  channels: [x, y, z]
-  joints: [a, b, c]
-  parts: {spine: [c], left_arm: [a], right_arm: [b], left_leg: [], right_leg: []}
-  bones: [[a, a], [b, a], [c, b]]
-  flip_pairs: []
-  centre: [a]
-"""
+from test_encode import TRI3_YAML  # noqa: E402  (a made-up 3-joint format)
 
 
 def run(argv):
