@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed.nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -193,7 +194,7 @@ def main(args):
                 with torch.autocast(**amp):
                     outputs = forward(images)                            # (B, C) logits or (B, D) embeddings
             if oneshot:
-                loss = supcon_loss(F.normalize(outputs.float(), dim=1), labels, args.temperature)
+                loss = supcon_loss(*gather_global(F.normalize(outputs.float(), dim=1), labels), args.temperature)
             else:
                 loss = F.cross_entropy(outputs.float(), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -362,8 +363,9 @@ def one_shot_nn(queries, exemplars, exemplar_labels):
 def pair_order(labels, seed, epoch, rank, world, batch_per_rank):
     """This rank's sample positions for one epoch, in same-class pairs (MotionBERT: batches of pairs).
 
-    Every class is shuffled and cut into pairs, the pairs are shuffled and dealt to the ranks, and
-    each rank's list is cut to the same whole number of batches.
+    Every class is shuffled and cut into pairs, the pairs are shuffled and cut into whole global
+    batches of world * batch_per_rank samples, and this rank takes rows rank::world of each (as
+    common.global_train_batch deals them), so the global batches do not depend on the world size.
     """
     rng = np.random.default_rng([seed, epoch])
     pairs = []
@@ -371,12 +373,25 @@ def pair_order(labels, seed, epoch, rank, world, batch_per_rank):
         members = rng.permutation(np.flatnonzero(labels == c))
         pairs += [members[i:i + 2] for i in range(0, len(members) - 1, 2)]
     pairs = [pairs[i] for i in rng.permutation(len(pairs))]
-    pairs_per_batch = batch_per_rank // 2
-    per_rank = len(pairs) // world // pairs_per_batch * pairs_per_batch
-    if per_rank == 0:
-        sys.exit(f'one-shot: {len(pairs)} same-class pairs cannot fill one batch of {batch_per_rank} on {world} ranks')
-    mine = pairs[rank::world][:per_rank]
-    return [int(i) for pair in mine for i in pair]
+    global_batch = world * batch_per_rank
+    order = np.array([int(i) for pair in pairs for i in pair][:len(pairs) * 2 // global_batch * global_batch])
+    if len(order) == 0:
+        sys.exit(f'one-shot: {len(pairs)} same-class pairs cannot fill one batch of {global_batch} samples')
+    return order.reshape(-1, global_batch)[:, rank::world].reshape(-1).tolist()
+
+
+def gather_global(embeddings, labels):
+    """This rank's rows (b, D), (b,) -> the global batch's (world * b, D), (world * b,) in global row
+    order (rank r held rows r::world). The embeddings keep their gradient (torch.distributed.nn), so
+    every rank computes the same loss over the global batch; the gather's backward sums the world
+    copies of it into each rank's rows and DDP's average then gives the one-process gradient."""
+    if not torch.distributed.is_initialized():
+        return embeddings, labels
+    world = torch.distributed.get_world_size()
+    every_label = [torch.empty_like(labels) for _ in range(world)]
+    torch.distributed.all_gather(every_label, labels)
+    stacked = torch.stack(torch.distributed.nn.all_gather(embeddings), dim=1)    # (b, world, D)
+    return stacked.reshape(-1, embeddings.shape[-1]), torch.stack(every_label, dim=1).reshape(-1)
 
 
 if __name__ == '__main__':
