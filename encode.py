@@ -71,6 +71,8 @@ NTU60_XVIEW_TRAIN_CAMERAS = {2, 3}
 TOYOTA_XSUB_TRAIN = {3, 4, 6, 7, 9, 12, 13, 15, 17, 19, 25}  # Das et al. 2019
 TOYOTA_XVIEW1 = {1: 'train', 2: 'test'}  # camera 5 is validation in the official CV1: not used
 UCLA_XVIEW = {1: 'train', 2: 'train', 3: 'test'}
+UCLA_CLASSES = ('pick up with one hand', 'pick up with two hands', 'drop trash', 'walk around', 'sit down',
+                'stand up', 'donning', 'doffing', 'throw', 'carry')   # actions a01-a06, a08, a09, a11, a12 (Wang et al. 2014)
 NUM_CLASSES = dict(ntu60=60, ntu120=120, pku1=51, ucla=10)  # others: from the labels (or class names)
 NTU_MISSING_LISTS = ('NTU_RGBD_samples_with_missing_skeletons.txt',
                      'NTU_RGBD120_samples_with_missing_skeletons.txt')
@@ -931,6 +933,7 @@ def list_ucla(args, skipped):
         split = UCLA_XVIEW.get(int(m.group(4)))
         if split:
             items.append((f.stem, None, split, ('ucla', str(f))))  # label is read from the file
+    args.class_names = list(UCLA_CLASSES)
     return items
 
 

@@ -411,6 +411,8 @@ def test_ucla_reader(tmp_path):
     assert w > 3 * 16 and h > 2 * 16                       # 3 streams x 2 samples, enlarged, captioned (test_pictures)
     assert len(list((d / 'preview').glob('*_joint.png'))) == 2
     assert json.loads((d / 'meta.json').read_text())['format'] == 'ucla20'
+    names = json.loads((d / 'meta.json').read_text())['class_names']   # label 1..10 -> a01-a06, a08, a09, a11, a12
+    assert len(names) == 10 and names[0] == 'pick up with one hand' and names[6] == 'donning' and names[9] == 'carry'
 
 
 def test_toyota_reader(tmp_path):
