@@ -58,6 +58,8 @@ def get_args(argv=None):
     if min(args.pretrain_minutes, args.finetune_minutes, args.rate_margin, args.pretrain_epochs or 1,
            args.finetune_epochs or 1) <= 0:
         parser.error('--pretrain-minutes, --finetune-minutes, --rate-margin and the epoch counts must be positive')
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        sys.exit(f'check_gpu.py: {args.out} is not empty (a check writes its runs there: give a new folder)')
     return args
 
 
@@ -108,8 +110,7 @@ def main(args):
     os.makedirs(args.out, exist_ok=True)
     data_root = os.path.join(args.out, 'data')
     small_decoder = ['--decoder-depth', '2', '--decoder-dim', '64', '--decoder-heads', '4'] if args.tiny else []
-    device = ['--device', 'cpu'] if args.tiny else []
-    device += ['--compile'] if args.compile else []
+    run_flags = (['--device', 'cpu'] if args.tiny else []) + (['--compile'] if args.compile else [])
 
     # 1. encode the dataset's joint stream (first: a wrong --root fails before the benchmark)
     encode = ['encode.py', '--data', args.data, '--out', data_root, '--size', str(args.size), '--modality', 'joint',
@@ -135,7 +136,7 @@ def main(args):
         'pretrain.py', '--data', args.data, '--data-root', data_root, '--model', args.model, '--method', 'diffmae',
         '--init', 'none', '--epochs', str(pretrain_epochs), '--warmup-epochs', str(warmup_epochs(pretrain_epochs, 40, 1600)),
         '--batch-size', str(args.pretrain_batch), '--print-every', '0', '--output-dir', pretrain_dir,
-        '--save-every', str(pretrain_epochs), *small_decoder, *device], args.out)
+        '--save-every', str(pretrain_epochs), *small_decoder, *run_flags], args.out)
     pretrain_log = read_jsonl(os.path.join(pretrain_dir, 'log.jsonl'))
 
     # 4. fine-tuning from that encoder, epochs planned from the bare step's rate
@@ -148,7 +149,7 @@ def main(args):
         '--init', os.path.join(pretrain_dir, 'encoder.pth'), '--epochs', str(finetune_epochs),
         '--warmup-epochs', str(warmup_epochs(finetune_epochs, 10, 100)), '--batch-size', str(args.finetune_batch),
         '--eval-every', str(max(1, finetune_epochs // 5)), '--print-every', '1000', '--output-dir', finetune_dir,
-        '--save-every', str(finetune_epochs), *device], args.out)
+        '--save-every', str(finetune_epochs), *run_flags], args.out)
     with open(os.path.join(finetune_dir, 'result.json')) as f:
         result = json.load(f)
 

@@ -47,3 +47,11 @@ def test_a_failing_step_names_its_log(tmp_path):
     assert run.returncode != 0 and 'Traceback' not in run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('check_gpu.py: encode failed') and 'encode.log' in lines[0]
+
+
+def test_a_folder_in_use_is_refused(tmp_path):
+    (tmp_path / 'check.json').write_text('{}')
+    run = subprocess.run([sys.executable, 'check_gpu.py', str(tmp_path), '--tiny'], cwd=HERE, capture_output=True,
+                         text=True)
+    assert run.returncode != 0 and run.stderr.strip().count('\n') == 0 and 'not empty' in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['check.json']
