@@ -222,10 +222,10 @@ def main(args):
             record['test_top1'] = metrics['top1']
         if rank == 0:
             common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
-            common.save_curves(out_dir, f'fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}',
-                               100 / num_classes)
             if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
                 common.save_checkpoint(out_dir, model, optimizer, epoch, args, 'finetune', best=best)
+                common.save_curves(out_dir, f'fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}',
+                                   100 / num_classes)
     if start_epoch >= last_epoch:
         say(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
     common.cleanup_distributed()

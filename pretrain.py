@@ -609,7 +609,7 @@ def main(args):
     if rank == 0:
         common.restart_log(log_path, start_epoch)
     vis_images = None
-    if args.vis:   # the first K train images, read through their own dataset (the loader's stays unopened)
+    if args.vis:   # K train images spread over the classes, read through their own dataset (the loader's stays unopened)
         vis_set = common.S2IDataset([splits[0][0]], [splits[0][1]])
         shown = spread_over_classes(splits[0][1], args.vis)
         vis_images = vis_set.__getitems__(shown.tolist())[0]
@@ -624,6 +624,7 @@ def main(args):
         common.save_encoder(os.path.join(out_dir, 'encoder.pth'), bare.encoder,
                             {'model': args.model, 'size': size, 'method': args.method, 'data': args.data,
                              'protocol': ','.join(protocols), 'modality': args.modality, 'epoch': epoch})
+        common.save_curves(out_dir, f'{args.method} pretraining, {args.data}/{args.protocol}/{args.modality}')
         if args.vis:
             save_vis(os.path.join(out_dir, f'vis_{epoch:04d}.png'), bare, vis_images, norm, args, device, epoch, vis_names)
 
@@ -670,7 +671,6 @@ def main(args):
             common.log_jsonl(log_path, {'epoch': epoch, 'loss': epoch_loss.item(),
                                         'lr': current_lr,
                                         'images_per_s': steps_per_epoch * args.batch_size / elapsed, 'time': elapsed})
-            common.save_curves(out_dir, f'{args.method} pretraining, {args.data}/{args.protocol}/{args.modality}')
             log(f'epoch {epoch}: loss {epoch_loss.item():.4f} ({elapsed:.1f}s)')
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
             save(epoch + 1)
