@@ -1281,11 +1281,6 @@ def load_item(ref, num_joints):
         if x.ndim != 2 or x.shape[1] % per_body:
             raise EncodeError(ref[1], f'x_{ref[3]} frames of {x.shape[1:]} values, expected a multiple of {per_body} (bodies x {num_joints} joints x 3)')
         return x.reshape(x.shape[0], -1, num_joints, 3).transpose(1, 0, 2, 3), None
-    if kind == 'npz_arrays':
-        x = np.asarray(_open_source(('npz', ref[1], num_joints))['x'][ref[2]], np.float32)
-        layout = ref[3][1:]
-        x = x.transpose([layout.index(a) for a in 'MTVC' if a in layout])  # (M, T, V, C) or (T, V, C)
-        return _three_channels(x[..., :ref[4], :, :]), None                 # frames past the length: padding
     if kind == 'pkl':
         a = _open_source(('pkl', ref[1]))['annotations'][ref[2]]
         kp = np.asarray(a['keypoint'], np.float32)
@@ -1294,11 +1289,12 @@ def load_item(ref, num_joints):
         if 'keypoint_score' in a and kp.shape[-1] == 2:
             kp = np.concatenate([kp, np.asarray(a['keypoint_score'], np.float32)[..., None]], -1)
         return _three_channels(kp), None
-    if kind == 'npy':
-        x = np.asarray(_open_source(('npy', ref[1]))[ref[2]], np.float32)
+    if kind in ('npy', 'npz_arrays'):   # sample i of an array in `layout`; npz_arrays also carries its length
+        array = _open_source(('npy', ref[1])) if kind == 'npy' else _open_source(('npz', ref[1], num_joints))['x']
+        x = np.asarray(array[ref[2]], np.float32)
         layout = ref[3][1:] if len(ref) > 3 else 'TVC'                      # without N: one sample
         x = x.transpose([layout.index(a) for a in 'MTVC' if a in layout])  # (M, T, V, C) or (T, V, C)
-        return _three_channels(x), None
+        return _three_channels(x[..., :ref[4], :, :] if len(ref) > 4 else x), None   # frames past it: padding
     raise EncodeError(str(ref), 'unknown item kind')
 
 
