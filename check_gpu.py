@@ -101,6 +101,12 @@ def warmup_epochs(epochs, paper_warmup, paper_epochs):
     return max(1, round(epochs * paper_warmup / paper_epochs))
 
 
+def write_atomically(path, text):
+    with open(path + '.tmp', 'w') as f:
+        f.write(text)
+    os.replace(path + '.tmp', path)
+
+
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -168,12 +174,8 @@ def main(args):
                      'chance': 100 / meta['num_classes']},
     }
     table = summary_table(report, args)
-    with open(os.path.join(args.out, 'check.json.tmp'), 'w') as f:
-        json.dump(report, f, indent=1)
-    os.replace(os.path.join(args.out, 'check.json.tmp'), os.path.join(args.out, 'check.json'))
-    with open(os.path.join(args.out, 'check.md.tmp'), 'w') as f:
-        f.write(table)
-    os.replace(os.path.join(args.out, 'check.md.tmp'), os.path.join(args.out, 'check.md'))
+    write_atomically(os.path.join(args.out, 'check.json'), json.dumps(report, indent=1))
+    write_atomically(os.path.join(args.out, 'check.md'), table)
     print(table, end='')
     return report
 
