@@ -978,6 +978,9 @@ def list_generic(args, skipped):
     fmt = get_format(args.format, args.joints)
     if args.data == 'npz':
         src = _open_source(('npz', str(path), fmt['num_joints']))
+        if 'x' in src and 'x_train' in src:
+            raise EncodeError(path, "holds both 'x' (one dataset as named arrays) and 'x_train' (CTR-GCN/SGN's "
+                                    'split arrays): cannot tell which to read; keep one layout per file')
         if 'x' in src:
             return list_npz_arrays(args, src, path, fmt)
         labels = {}

@@ -162,12 +162,16 @@ def write_cases(tmp):
     np.savez(tmp / 'arrays.npz', x=x[:, :, :20], labels=np.arange(10) % 3, split=np.array(['train', 'test'] * 5),
              format='msr20')
     np.savez(tmp / 'nosplit.npz', x=x[:, :, :20], labels=np.arange(10) % 3)
+    np.savez(tmp / 'both.npz', x=x[:, :, :20], labels=np.arange(10) % 3, split=np.zeros(10), x_train=x,
+             y_train=np.eye(3)[np.arange(10) % 3], x_test=x, y_test=np.eye(3)[np.arange(10) % 3])
     npy = ['--data', 'npy', '--input', tmp / 'x.npy', '--labels', tmp / 'y.npy', '--format', 'ntu25']
     arrays = ['--data', 'npz', '--input', tmp / 'arrays.npz']
     return {
         'arrays npz of another format': (arrays + ['--format', 'ucla20'], ['arrays.npz', "format 'msr20'", '--format msr20']),
         'arrays npz without split': (['--data', 'npz', '--input', tmp / 'nosplit.npz', '--format', 'msr20'],
                                      ['nosplit.npz', "no 'split'"]),
+        'npz of both layouts': (['--data', 'npz', '--input', tmp / 'both.npz', '--format', 'msr20'],
+                                ['both.npz', "both 'x'", "'x_train'"]),
         '1-based labels': (npy[:5] + [tmp / 'y1.npy', '--format', 'ntu25'], ['y1.npy', 'no label is 0', '1, 2, 3', '--label-offset -1']),
         'negative labels': (npy[:5] + [tmp / 'yneg.npy', '--format', 'ntu25'], ['yneg.npy', 'negative labels', '-1, 0, 1']),
         'non-integer labels': (npy[:5] + [tmp / 'yhalf.npy', '--format', 'ntu25'], ['yhalf.npy', 'must be integers', '0.5']),
