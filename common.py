@@ -421,14 +421,19 @@ IMAGENET_WEIGHTS = {
 PATCH_SIZE = 16
 
 
-def build_encoder(model, img_size=224, num_classes=0, drop_path_rate=0.0):
-    """timm VisionTransformer with a class token; its state_dict keys are timm's."""
+POOLS = {'cls': 'token', 'mean': 'avg'}   # --pool of probe.py / finetune.py -> timm's global_pool
+
+
+def build_encoder(model, img_size=224, num_classes=0, drop_path_rate=0.0, pool='cls'):
+    """timm VisionTransformer with a class token; its state_dict keys are timm's. The feature is the
+    class token (S2I 4.2) or, with pool='mean', the mean of the patch tokens; both after the final
+    norm, so a pretrained encoder's norm is used either way (fc_norm=False)."""
     from timm.models.vision_transformer import VisionTransformer
     embed_dim, depth, num_heads = MODELS[model]
     encoder = VisionTransformer(
         img_size=img_size, patch_size=PATCH_SIZE, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
         mlp_ratio=4, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        num_classes=num_classes, global_pool='token', drop_path_rate=drop_path_rate)
+        num_classes=num_classes, global_pool=POOLS[pool], fc_norm=False, drop_path_rate=drop_path_rate)
     with torch.no_grad():
         encoder.pos_embed.copy_(sincos_pos_embed(embed_dim, img_size // PATCH_SIZE, cls_token=True))
     return encoder

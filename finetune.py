@@ -58,6 +58,8 @@ def get_args(argv=None):
     group.add_argument('--drop-path', type=float, default=0.1)          # MAE ViT-B fine-tuning
     group.add_argument('--head', default='linear', choices=['linear', 'mlp'],
                        help='linear: standard ViT head on the class token (A.3); mlp: Linear-GELU-Linear (4.4)')
+    group.add_argument('--pool', default='cls', choices=['cls', 'mean'],   # 4.2: the class token
+                       help='the head reads the class token, or the mean of the patch tokens (MAE fine-tuning\'s default)')
     group = parser.add_argument_group('protocols')
     group.add_argument('--label-fraction', type=float, default=None,
                        help='semi-supervised (Table 6): keep this fraction of each class of the train split')
@@ -246,8 +248,8 @@ def lr_now(optimizer):
 def build_model(args, img_size, num_classes):
     """timm ViT with drop path; head: linear (A.3) or MLP (4.4) on the class token, or the one-shot embedding."""
     if num_classes == 0:   # one-shot: class token, optionally projected (MotionBERT's 2048-d linear layer)
-        return common.build_encoder(args.model, img_size, num_classes=args.embed_dim, drop_path_rate=args.drop_path)
-    model = common.build_encoder(args.model, img_size, num_classes=num_classes, drop_path_rate=args.drop_path)
+        return common.build_encoder(args.model, img_size, args.embed_dim, args.drop_path, args.pool)
+    model = common.build_encoder(args.model, img_size, num_classes, args.drop_path, args.pool)
     if args.head == 'mlp':
         dim = model.embed_dim
         model.head = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.Linear(dim, num_classes))

@@ -5,7 +5,7 @@
     python probe.py --data ntu60 --init ENCODER.pth --cache-features     # fast variant, no augmentation
 
 The encoder is frozen (eval mode, no gradients); its class token after the final norm is the
-feature. The head is BatchNorm without affine parameters followed by a linear layer (MAE's
+feature (4.2; --pool mean: the mean of the patch tokens instead). The head is BatchNorm without affine parameters followed by a linear layer (MAE's
 linear-probe head), trained with SGD + Nesterov momentum, warmup then per-iteration cosine.
 
 Learning rate: --lr is the absolute learning rate at the global batch size (4.2: "an initial
@@ -39,6 +39,8 @@ def get_args(argv=None):
     group.add_argument('--weight-decay', type=float, default=0.0)        # Table 13: 0
     group.add_argument('--warmup-epochs', type=int, default=10)          # Table 13: 10
     group.add_argument('--min-lr', type=float, default=0.0)
+    group.add_argument('--pool', default='cls', choices=['cls', 'mean'],   # 4.2: the class token
+                       help='the feature: the class token, or the mean of the patch tokens')
     group = parser.add_argument_group('evaluation and speed')
     group.add_argument('--eval-every', type=int, default=10, help='epochs between test evaluations (and at the end)')
     group.add_argument('--print-every', type=int, default=50, help='iterations between progress lines')
@@ -84,7 +86,7 @@ def main(args):
     # trains the same head on the whole global batch's features (gathered), so the BatchNorm sees
     # global-batch statistics (as MAE's SyncBatchNorm) and the heads stay equal without DDP.
     torch.manual_seed(args.seed)
-    encoder = common.build_encoder(args.model, img_size=meta['size'])
+    encoder = common.build_encoder(args.model, img_size=meta['size'], pool=args.pool)
     common.load_encoder_weights(encoder, args.init, args.model, log=say)
     encoder.to(device).eval()
     for p in encoder.parameters():
@@ -96,7 +98,7 @@ def main(args):
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=common.use_bf16(args, device))
 
     def extract(images):
-        """(N, 3, S, S) -> (N, D) class-token features of the frozen encoder."""
+        """(N, 3, S, S) -> (N, D) pooled features of the frozen encoder."""
         with torch.no_grad(), torch.autocast(**amp):
             return features_of(images).float()
 

@@ -186,3 +186,19 @@ def test_restart_log_keeps_epochs_before_the_checkpoint_and_drops_a_cut_line(tmp
     assert log.read_text() == '{"epoch": 0, "loss": 2.0}\n{"epoch": 1, "loss": 1.5}\n'
     common.restart_log(str(log), 0)                       # a new run starts empty
     assert log.read_text() == ''
+
+
+def test_pool_reads_the_class_token_or_the_mean_of_the_normed_patch_tokens():
+    """--pool: cls (S2I 4.2) or mean of the patch tokens; both after the final norm, same weights."""
+    torch.manual_seed(0)
+    cls_encoder = common.build_encoder('vit_test', img_size=32, pool='cls')
+    mean_encoder = common.build_encoder('vit_test', img_size=32, pool='mean')
+    mean_encoder.load_state_dict(cls_encoder.state_dict())                   # same keys: no fc_norm either way
+    cls_encoder.eval(), mean_encoder.eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        tokens = cls_encoder.norm(cls_encoder.blocks(cls_encoder._pos_embed(cls_encoder.patch_embed(images))))
+        assert tokens.shape == (3, 1 + 4, 32)                                # class token + 2 x 2 patches
+        assert torch.allclose(cls_encoder(images), tokens[:, 0], atol=1e-6)
+        assert torch.allclose(mean_encoder(images), tokens[:, 1:].mean(1), atol=1e-6)
+        assert not torch.allclose(tokens[:, 0], tokens[:, 1:].mean(1), atol=1e-3)
