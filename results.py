@@ -1,12 +1,17 @@
-"""Mean +- std over seeds of every result.json under a results folder, as a markdown table.
+"""Mean +- std over seeds of every result.json under a results folder, as a markdown table and a chart.
 
-    python results.py results/ucla_diffmae_decoder        # cells = folders holding seed*/result.json
+    python results.py results/s2i_cpu                                  # cells = folders holding seed*/result.json
+    python results.py results/s2i_cpu --cells 't1_*' 't3_*' --chart results.png
 
 Runs write into a folder that is not committed (`results/` is in .gitignore), one folder per cell and
 one `seedN/` per seed, so a session that stops early loses nothing: this table is rebuilt from
-whatever finished. Top-1 is the last epoch's; the best epoch's mean stands beside it.
+whatever finished. Top-1 is the last epoch's; the best epoch's mean stands beside it. A seed folder
+may also hold ensemble.py's output (named result.json): its fused top-1 is read. --chart draws one
+bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in red), grouped by the
+cell name's prefix up to the first '_'.
 """
 import argparse
+import fnmatch
 import json
 import os
 import statistics
@@ -16,17 +21,34 @@ import sys
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('root', help='a folder of cells, each holding seed*/result.json')
+    parser.add_argument('--cells', nargs='+', default=['*'], help='only the cells matching these patterns, in this order')
+    parser.add_argument('--chart', default=None, metavar='PNG', help='also draw the cells as a bar chart')
+    parser.add_argument('--title', default='top-1 (%) per cell: mean, +- std, one dot per seed')
     return parser.parse_args(argv)
 
 
-def collect(root):
-    """{cell: [result dicts]} for every cell/seed*/result.json under root, cells sorted by name."""
+def read_result(path):
+    """(last-epoch top-1, best top-1, epochs, chance %) of a probe/finetune result.json or an ensemble's."""
+    with open(path) as f:
+        result = json.load(f)
+    if 'fused' in result:                     # ensemble.py: no epochs, no best
+        top1 = result['fused']['top1']
+        return top1, top1, '-', None
+    num_classes = result.get('settings', {}).get('num_classes')
+    return result['top1'], result['best_top1'], result['epochs'], 100 / num_classes if num_classes else None
+
+
+def collect(root, patterns=('*',)):
+    """{cell: [(top1, best, epochs, chance) per seed]} for cell/seed*/result.json under root (links followed),
+    cells ordered by the first pattern they match, then by name."""
     cells = {}
-    for folder, _, files in sorted(os.walk(root)):
+    for folder, _, files in sorted(os.walk(root, followlinks=True)):
         if 'result.json' in files and os.path.basename(folder).startswith('seed'):
-            with open(os.path.join(folder, 'result.json')) as f:
-                cells.setdefault(os.path.relpath(os.path.dirname(folder), root), []).append(json.load(f))
-    return cells
+            cell = os.path.relpath(os.path.dirname(folder), root)
+            if any(fnmatch.fnmatch(cell, p) for p in patterns):
+                cells.setdefault(cell, []).append(read_result(os.path.join(folder, 'result.json')))
+    rank = lambda cell: (next(k for k, p in enumerate(patterns) if fnmatch.fnmatch(cell, p)), cell)
+    return dict(sorted(cells.items(), key=lambda item: rank(item[0])))
 
 
 def mean_std(values):
@@ -34,21 +56,69 @@ def mean_std(values):
 
 
 def table(cells):
-    lines = ['| cell | top-1 (%) last epoch, mean +- std | n | best epoch top-1, mean | epochs |', '|---|---|---|---|---|']
-    for cell, results in sorted(cells.items()):
-        mean, std = mean_std([r['top1'] for r in results])
-        best, _ = mean_std([r['best_top1'] for r in results])
-        lines.append(f'| {cell} | {mean:.1f} +- {std:.1f} | {len(results)} | {best:.1f} | {results[0]["epochs"]} |')
+    lines = ['| cell | top-1 (%) last epoch, mean +- std | n | per seed | best epoch top-1, mean | epochs |',
+             '|---|---|---|---|---|---|']
+    for cell, runs in cells.items():
+        mean, std = mean_std([r[0] for r in runs])
+        best, _ = mean_std([r[1] for r in runs])
+        seeds = ' '.join(f'{r[0]:.1f}' for r in runs)
+        lines.append(f'| {cell} | {mean:.1f} +- {std:.1f} | {len(runs)} | {seeds} | {best:.1f} | {runs[0][2]} |')
     return '\n'.join(lines) + '\n'
+
+
+def draw_chart(cells, path, title):
+    """Horizontal bars, one row per cell, a gap and a heading between groups (the name up to '_')."""
+    from PIL import Image, ImageDraw
+    from common import font, nice_ticks, save_png, text_width
+    rows, group = [], None
+    for cell, runs in cells.items():
+        if cell.split('_')[0] != group:
+            group = cell.split('_')[0]
+            rows.append(('group', group))
+        rows.append(('cell', cell))
+    label_width = max(text_width(cell, font(12)) for cell in cells) + 16
+    pitch, top, plot_width = 20, 56, 520
+    width, height = int(label_width + plot_width + 90), top + pitch * len(rows) + 46
+    image = Image.new('RGB', (width, height), 'white')
+    draw = ImageDraw.Draw(image)
+    x0, x1 = label_width, label_width + plot_width
+    x_of = lambda value: x0 + value / 100 * (x1 - x0)
+    draw.text((10, 10), title, fill='black', font=font(15))
+    draw.text((10, 32), 'bar: mean over seeds; black whisker: +- std; grey dots: seeds; red tick: chance (100 / classes)',
+              fill=(90, 90, 90), font=font(11))
+    bottom = top + pitch * len(rows)
+    for tick in nice_ticks(0, 100, 10):
+        draw.line([x_of(tick), top, x_of(tick), bottom], fill=(225, 225, 225))
+        draw.text((x_of(tick), bottom + 6), f'{tick:g}', fill='black', font=font(11), anchor='mt')
+    draw.text(((x0 + x1) / 2, bottom + 24), 'top-1 (%), last epoch', fill='black', font=font(12), anchor='mt')
+    for k, (kind, name) in enumerate(rows):
+        y = top + k * pitch + pitch / 2
+        if kind == 'group':
+            draw.text((10, y), name, fill='black', font=font(13), anchor='lm')
+            continue
+        runs = cells[name]
+        mean, std = mean_std([r[0] for r in runs])
+        draw.text((x0 - 8, y), name, fill='black', font=font(12), anchor='rm')
+        draw.rectangle([x0, y - 6, x_of(mean), y + 6], fill=(120, 160, 210))
+        draw.line([x_of(mean - std), y, x_of(mean + std), y], fill='black', width=2)
+        for r in runs:
+            draw.ellipse([x_of(r[0]) - 2.5, y - 2.5, x_of(r[0]) + 2.5, y + 2.5], fill=(80, 80, 80))
+        if runs[0][3] is not None:
+            draw.line([x_of(runs[0][3]), y - 8, x_of(runs[0][3]), y + 8], fill=(200, 40, 40), width=2)
+        draw.text((x1 + 8, y), f'{mean:.1f} +- {std:.1f} (n={len(runs)})', fill='black', font=font(11), anchor='lm')
+    draw.line([x0, top, x0, bottom], fill='black')
+    save_png(image, path)
 
 
 def main(args):
     if not os.path.isdir(args.root):
         sys.exit(f'results.py: {args.root}: not a folder (expected cells holding seed*/result.json)')
-    cells = collect(args.root)
+    cells = collect(args.root, args.cells)
     if not cells:
-        sys.exit(f'results.py: {args.root}: no seed*/result.json found')
+        sys.exit(f'results.py: {args.root}: no seed*/result.json found in cells matching {" ".join(args.cells)}')
     print(table(cells), end='')
+    if args.chart:
+        draw_chart(cells, args.chart, args.title)
     return cells
 
 

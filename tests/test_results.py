@@ -4,14 +4,17 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import results  # noqa: E402
 
 
-def write(root, cell, seed, top1, best):
+def write(root, cell, seed, top1, best, num_classes=10):
     folder = root / cell / f'seed{seed}'
     folder.mkdir(parents=True)
-    (folder / 'result.json').write_text(json.dumps(dict(top1=top1, best_top1=best, epochs=20)))
+    result = dict(top1=top1, best_top1=best, epochs=20, settings=dict(num_classes=num_classes))
+    (folder / 'result.json').write_text(json.dumps(result))
 
 
 def test_cells_mean_and_std_over_seeds(tmp_path):
@@ -22,8 +25,33 @@ def test_cells_mean_and_std_over_seeds(tmp_path):
     cells = results.main(results.get_args([str(tmp_path)]))
     assert sorted(cells) == ['finetune_scratch', 'probe_random']
     lines = results.table(cells).splitlines()
-    assert lines[2] == '| finetune_scratch | 70.0 +- 10.0 | 3 | 72.3 | 20 |'     # sample std of 60, 70, 80
-    assert lines[3] == '| probe_random | 50.0 +- 0.0 | 1 | 55.0 | 20 |'
+    assert lines[2] == '| finetune_scratch | 70.0 +- 10.0 | 3 | 60.0 70.0 80.0 | 72.3 | 20 |'  # sample std
+    assert lines[3] == '| probe_random | 50.0 +- 0.0 | 1 | 50.0 | 55.0 | 20 |'
+
+
+def test_cells_follow_the_patterns_order_links_and_ensembles(tmp_path):
+    write(tmp_path / 'old', 'finetune', 0, 40.0, 45.0)
+    (tmp_path / 'new').mkdir()
+    (tmp_path / 'new' / 't1_finetune').symlink_to(tmp_path / 'old' / 'finetune')   # a cell of an earlier session
+    write(tmp_path / 'new', 't3_bone', 0, 30.0, 31.0)
+    fused = tmp_path / 'new' / 't3_ensemble' / 'seed0'
+    fused.mkdir(parents=True)
+    (fused / 'result.json').write_text(json.dumps({'fused': {'top1': 90.0, 'top5': 99.0}, 'streams': {}}))
+    cells = results.collect(str(tmp_path / 'new'), ['t3_*', 't1_*'])
+    assert list(cells) == ['t3_bone', 't3_ensemble', 't1_finetune']
+    assert cells['t3_ensemble'] == [(90.0, 90.0, '-', None)]
+    assert cells['t1_finetune'] == [(40.0, 45.0, 20, 10.0)]
+
+
+def test_chart_draws_a_bar_to_the_mean(tmp_path):
+    from PIL import Image
+    for seed, top1 in enumerate([40.0, 50.0, 60.0]):
+        write(tmp_path, 't1_a', seed, top1, top1, num_classes=20)
+    results.main(results.get_args([str(tmp_path), '--chart', str(tmp_path / 'chart.png')]))
+    image = Image.open(tmp_path / 'chart.png').convert('RGB')
+    bar = (120, 160, 210)
+    row = [x for x in range(image.width) if image.getpixel((x, 56 + 20 + 10 - 4)) == bar]   # second row: the cell
+    assert row and (row[-1] - row[0] + 1) / 520 == pytest.approx(0.50, abs=0.01)          # mean 50 of 100 %
 
 
 def test_empty_folder_is_one_line(tmp_path):
