@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The runs behind RESULTS.md: the paper's claims at CPU scale on NW-UCLA and MSR Action3D, 3 seeds.
+#
+#   bash results.sh encode        # NW-UCLA and MSR Action3D at 64 x 64, every stream, into $DATA (seconds)
+#   bash results.sh t1 0          # one group of cells for one seed (names below); seeds 0 1 2 in RESULTS.md
+#   bash results.sh all           # every group, seeds 0 1 2: about 9 hours of one core; run two at a time
+#   python results.py results/s2i_cpu          # the tables, from whatever runs have finished
+#
+# Each run writes $R/CELL/seedN/ (result.json for probe and fine-tune, encoder.pth for pretraining).
+# A run whose folder already holds its result is skipped and a killed run resumes (--resume auto),
+# so the groups can be stopped and restarted across sessions. Groups after t1 read t1's encoders.
+# The CPU preset (README.md, "CPU preset"): vit_tiny at 64 x 64 (a 4 x 4 patch grid), no ImageNet
+# weights, a 2 x 128 decoder, NW-UCLA pretraining 50 epochs and fine-tuning 20; runs on 1 thread.
+# DATA, R and SHARED move the encoded data, the results and the datasets.
+set -euo pipefail
+cd "$(dirname "$0")"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+DATA=${DATA:-data/cpu64} R=${R:-results/s2i_cpu} SHARED=${SHARED:-../shared/data}
+U="--data ucla --data-root $DATA"
+M="--data msr20 --protocol xsub --data-root $DATA"
+PT="--model vit_tiny_patch16 --init none --batch-size 64 --blr 1e-3 --decoder-depth 2 --decoder-dim 128 --decoder-heads 4 --num-workers 1"
+FT="--model vit_tiny_patch16 --num-workers 1"
+PR="--model vit_tiny_patch16 --cache-features --num-workers 1"
+UPT="$PT --epochs 50 --warmup-epochs 5"      # NW-UCLA pretraining: 1020 samples, 800 steps
+MPT="$PT --epochs 150 --warmup-epochs 15"    # MSR pretraining: 291 samples, 150 epochs = 600 steps
+UFT="$FT --epochs 20 --warmup-epochs 3"      # NW-UCLA fine-tuning: 640 steps
+MFT="$FT --epochs 50 --warmup-epochs 5"      # MSR fine-tuning: 50 epochs = 450 steps
+enc() { echo "$R/pretrain_$1/seed$2/encoder.pth"; }
+
+# run OUT CMD...: CMD into OUT unless OUT holds a finished run; prints one line per run.
+run() {
+  local out=$1; shift
+  if [[ -f $out/result.json || -f $out/encoder.pth ]]; then return 0; fi
+  mkdir -p "$out"
+  local start=$SECONDS
+  "$@" --output-dir "$out" --resume auto > "$out/run.log" 2>&1 || { echo "failed: $out (see $out/run.log)"; return 1; }
+  echo "$(date +%T) $out $((SECONDS - start)) s"
+}
+
+encode() {
+  python encode.py --data ucla --root "$SHARED/nw_ucla/all_sqe" --out "$DATA" --size 64 --modality all --workers 2
+  python encode.py --data npz --input "$SHARED/msr_action3d/msr_action3d.npz" --format msr20 --name msr20 \
+    --protocol xsub --out "$DATA" --size 64 --modality all --workers 2
+  python encode.py --data ucla --root "$SHARED/nw_ucla/all_sqe" --out "$DATA/112" --size 112 --modality joint --workers 2
+}
+
+preset() {  # model and resolution: scratch fine-tuning (vit_tiny at 64 is t1_ft_scratch) and pretraining speed
+  local s=$1 U112="--data ucla --data-root $DATA/112"
+  run $R/preset_ft_tiny112/seed$s python finetune.py $U112 $UFT --init none --seed $s
+  run $R/preset_ft_small64/seed$s python finetune.py $U $UFT --model vit_small_patch16 --init none --seed $s
+  run $R/preset_pretrain_tiny64/seed$s python pretrain.py $U $UPT --stop-after 2 --seed $s
+  run $R/preset_pretrain_tiny112/seed$s python pretrain.py $U112 $UPT --stop-after 2 --seed $s
+  run $R/preset_pretrain_small64/seed$s python pretrain.py $U $UPT --model vit_small_patch16 --stop-after 2 --seed $s
+}
+
+t1() {  # Table 1: no pretraining vs MAE vs DiffMAE (and its decoder reading only the last encoder block)
+  local s=$1
+  run $R/t1_probe_random/seed$s python probe.py $U $PR --init none --seed $s
+  run $R/t1_ft_scratch/seed$s python finetune.py $U $UFT --init none --seed $s
+  local -A flags=([diffmae]="--cross-features top-down" [diffmae_last]="--cross-features last" [mae]="--method mae")
+  for method in diffmae diffmae_last mae; do
+    run $R/pretrain_$method/seed$s python pretrain.py $U $UPT ${flags[$method]} --seed $s
+    run $R/t1_probe_$method/seed$s python probe.py $U $PR --init $(enc $method $s) --seed $s
+    run $R/t1_ft_$method/seed$s python finetune.py $U $UFT --init $(enc $method $s) --seed $s
+  done
+}
+
+t2() {  # Table 2: masking (random is Table 1's DiffMAE), linear probe
+  local s=$1
+  for mask in block joint temporal; do
+    run $R/pretrain_mask_$mask/seed$s python pretrain.py $U $UPT --mask $mask --seed $s
+    run $R/t2_probe_$mask/seed$s python probe.py $U $PR --init $(enc mask_$mask $s) --seed $s
+  done
+}
+
+t3() {  # Table 3: bone and motion streams, and the 3-stream ensemble with Table 1's joint stream
+  local s=$1
+  for stream in bone motion; do
+    run $R/pretrain_$stream/seed$s python pretrain.py $U $UPT --modality $stream --seed $s
+    run $R/t3_ft_$stream/seed$s python finetune.py $U $UFT --modality $stream --init $(enc $stream $s) --seed $s
+  done
+  mkdir -p $R/t3_ensemble/seed$s
+  python ensemble.py $R/t1_ft_diffmae/seed$s $R/t3_ft_bone/seed$s $R/t3_ft_motion/seed$s \
+    --output $R/t3_ensemble/seed$s/result.json > $R/t3_ensemble/seed$s/run.log
+}
+
+t6() {  # Table 6: 10% of the labels (102 samples), 100 epochs so that the run has 300 steps
+  local s=$1 few="--label-fraction 0.1 --epochs 100 --warmup-epochs 10"
+  run $R/t6_ft_scratch/seed$s python finetune.py $U $FT $few --init none --seed $s
+  run $R/t6_ft_diffmae/seed$s python finetune.py $U $FT $few --init $(enc diffmae $s) --seed $s
+  run $R/t6_ft_mae/seed$s python finetune.py $U $FT $few --init $(enc mae $s) --seed $s
+}
+
+t8() {  # Table 8: MSR Action3D <-> NW-UCLA (msr20 and ucla20: the same 20 Kinect v1 joints, other order)
+  local s=$1
+  run $R/pretrain_msr/seed$s python pretrain.py $M $MPT --seed $s
+  run $R/t8_msr_ft_scratch/seed$s python finetune.py $M $MFT --init none --seed $s
+  run $R/t8_msr_ft_from_msr/seed$s python finetune.py $M $MFT --init $(enc msr $s) --seed $s
+  run $R/t8_msr_ft_from_ucla/seed$s python finetune.py $M $MFT --init $(enc diffmae $s) --seed $s
+  run $R/t8_ucla_ft_from_msr/seed$s python finetune.py $U $UFT --init $(enc msr $s) --seed $s
+}
+
+t9() {  # Table 9: universal pretraining on both train splits (NW-UCLA's statistics, A.5)
+  local s=$1
+  run $R/pretrain_universal/seed$s python pretrain.py --data ucla,msr20 --protocol xview,xsub --data-root $DATA $UPT --seed $s
+  run $R/t9_ucla_ft_from_universal/seed$s python finetune.py $U $UFT --init $(enc universal $s) --seed $s
+  run $R/t9_msr_ft_from_universal/seed$s python finetune.py $M $MFT --init $(enc universal $s) --seed $s
+}
+
+ablations() {  # the readings the paper leaves open, on Table 1's encoders
+  local s=$1
+  run $R/ab_probe_blr_random/seed$s python probe.py $U $PR --blr 0.2 --init none --seed $s
+  run $R/ab_probe_blr_diffmae/seed$s python probe.py $U $PR --blr 0.2 --init $(enc diffmae $s) --seed $s
+  for method in random diffmae mae; do
+    run $R/ab_probe_mean_$method/seed$s python probe.py $U $PR --pool mean \
+      --init $([[ $method == random ]] && echo none || enc $method $s) --seed $s
+  done
+  run $R/ab_ft_mean_scratch/seed$s python finetune.py $U $UFT --pool mean --init none --seed $s
+  run $R/ab_ft_mean_diffmae/seed$s python finetune.py $U $UFT --pool mean --init $(enc diffmae $s) --seed $s
+  run $R/ab_ft_blr_diffmae/seed$s python finetune.py $U $UFT --blr 1e-3 --init $(enc diffmae $s) --seed $s
+  run $R/ab_ft_droppath0_diffmae/seed$s python finetune.py $U $UFT --drop-path 0 --init $(enc diffmae $s) --seed $s
+  run $R/ab_ft_augimage_diffmae/seed$s python finetune.py $U $UFT --aug-space image --init $(enc diffmae $s) --seed $s
+  run $R/pretrain_crossself/seed$s python pretrain.py $U $UPT --decoder cross-self --seed $s
+  run $R/ab_probe_crossself/seed$s python probe.py $U $PR --init $(enc crossself $s) --seed $s
+  run $R/ab_ft_crossself/seed$s python finetune.py $U $UFT --init $(enc crossself $s) --seed $s
+}
+
+groups=(t1 t2 t3 t6 t8 t9 ablations)
+case ${1:-} in
+  encode) encode ;;
+  all) for s in 0 1 2; do for g in "${groups[@]}"; do $g $s; done; done ;;
+  preset|t1|t2|t3|t6|t8|t9|ablations) $1 "${2:?give a seed: bash results.sh $1 0}" ;;
+  *) echo "results.sh: expected encode, all, or one of preset ${groups[*]} and a seed (got '${1:-}')" >&2; exit 2 ;;
+esac
