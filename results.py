@@ -28,12 +28,15 @@ def get_args(argv=None):
 
 
 def read_result(path):
-    """(last-epoch top-1, best top-1, epochs, chance %) of a probe/finetune result.json or an ensemble's."""
+    """(last-epoch top-1, best top-1, epochs, chance %) of a probe/finetune result.json or an ensemble's;
+    None for a run that has not reached its last epoch (result.json is also written at earlier evaluations)."""
     with open(path) as f:
         result = json.load(f)
     if 'fused' in result:                     # ensemble.py: no epochs, no best
         top1 = result['fused']['top1']
         return top1, top1, '-', None
+    if result['epoch'] != result['epochs'] - 1:
+        return None
     num_classes = result.get('settings', {}).get('num_classes')
     return result['top1'], result['best_top1'], result['epochs'], 100 / num_classes if num_classes else None
 
@@ -41,12 +44,19 @@ def read_result(path):
 def collect(root, patterns=('*',)):
     """{cell: [(top1, best, epochs, chance) per seed]} for cell/seed*/result.json under root (links followed),
     cells ordered by the first pattern they match, then by name."""
-    cells = {}
+    cells, unfinished = {}, []
     for folder, _, files in sorted(os.walk(root, followlinks=True)):
         if 'result.json' in files and os.path.basename(folder).startswith('seed'):
             cell = os.path.relpath(os.path.dirname(folder), root)
             if any(fnmatch.fnmatch(cell, p) for p in patterns):
-                cells.setdefault(cell, []).append(read_result(os.path.join(folder, 'result.json')))
+                result = read_result(os.path.join(folder, 'result.json'))
+                if result is None:
+                    unfinished.append(os.path.relpath(folder, root))
+                else:
+                    cells.setdefault(cell, []).append(result)
+    if unfinished:
+        print(f'results.py: left out {len(unfinished)} runs still short of their last epoch: {" ".join(unfinished)}',
+              file=sys.stderr)
     rank = lambda cell: (next(k for k, p in enumerate(patterns) if fnmatch.fnmatch(cell, p)), cell)
     return dict(sorted(cells.items(), key=lambda item: rank(item[0])))
 

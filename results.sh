@@ -7,7 +7,7 @@
 #   python results.py results/s2i_cpu          # the tables, from whatever runs have finished
 #
 # Each run writes $R/CELL/seedN/ (result.json for probe and fine-tune, encoder.pth for pretraining).
-# A run whose folder already holds its result is skipped and a killed run resumes (--resume auto),
+# A run that ended is skipped (its folder holds `finished`) and a killed run resumes (--resume auto),
 # so the groups can be stopped and restarted across sessions. Groups after t1 read t1's encoders.
 # The CPU preset (README.md, "CPU preset"): vit_tiny at 64 x 64 (a 4 x 4 patch grid), no ImageNet
 # weights, a 2 x 128 decoder, NW-UCLA pretraining 50 epochs and fine-tuning 20; runs on 1 thread.
@@ -27,13 +27,15 @@ UFT="$FT --epochs 20 --warmup-epochs 3"      # NW-UCLA fine-tuning: 640 steps
 MFT="$FT --epochs 50 --warmup-epochs 5"      # MSR fine-tuning: 50 epochs = 450 steps
 enc() { echo "$R/pretrain_$1/seed$2/encoder.pth"; }
 
-# run OUT CMD...: CMD into OUT unless OUT holds a finished run; prints one line per run.
+# run OUT CMD...: CMD into OUT unless OUT/finished says it ran to its end (result.json and encoder.pth
+# are also written at intermediate epochs, so they do not); prints one line per run.
 run() {
   local out=$1; shift
-  if [[ -f $out/result.json || -f $out/encoder.pth ]]; then return 0; fi
+  if [[ -f $out/finished ]]; then return 0; fi
   mkdir -p "$out"
   local start=$SECONDS
   "$@" --output-dir "$out" --resume auto > "$out/run.log" 2>&1 || { echo "failed: $out (see $out/run.log)"; return 1; }
+  touch "$out/finished"
   echo "$(date +%T) $out $((SECONDS - start)) s"
 }
 

@@ -10,10 +10,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import results  # noqa: E402
 
 
-def write(root, cell, seed, top1, best, num_classes=10):
+def write(root, cell, seed, top1, best, num_classes=10, epoch=19):
     folder = root / cell / f'seed{seed}'
     folder.mkdir(parents=True)
-    result = dict(top1=top1, best_top1=best, epochs=20, settings=dict(num_classes=num_classes))
+    result = dict(top1=top1, best_top1=best, epoch=epoch, epochs=20, settings=dict(num_classes=num_classes))
     (folder / 'result.json').write_text(json.dumps(result))
 
 
@@ -22,6 +22,7 @@ def test_cells_mean_and_std_over_seeds(tmp_path):
         write(tmp_path, 'finetune_scratch', seed, top1, best)
     write(tmp_path, 'probe_random', 0, 50.0, 55.0)
     (tmp_path / 'pretrain_last' / 'seed0').mkdir(parents=True)        # unfinished: no result.json yet
+    write(tmp_path, 'probe_random', 1, 90.0, 90.0, epoch=9)             # unfinished: evaluated at epoch 9 of 20
     cells = results.main(results.get_args([str(tmp_path)]))
     assert sorted(cells) == ['finetune_scratch', 'probe_random']
     lines = results.table(cells).splitlines()
