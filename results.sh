@@ -24,7 +24,7 @@ PR="--model vit_tiny_patch16 --cache-features --num-workers 1"
 UPT="$PT --epochs 50 --warmup-epochs 5"      # NW-UCLA pretraining: 1020 samples, 800 steps
 MPT="$PT --epochs 150 --warmup-epochs 15"    # MSR pretraining: 291 samples, 150 epochs = 600 steps
 UFT="$FT --epochs 20 --warmup-epochs 3"      # NW-UCLA fine-tuning: 640 steps
-MFT="$FT --epochs 50 --warmup-epochs 5"      # MSR fine-tuning: 50 epochs = 450 steps
+MFT="$FT --epochs 50 --warmup-epochs 5 --batch-size 32"   # MSR fine-tuning: NW-UCLA's batch (Table 12), 450 steps
 enc() { echo "$R/pretrain_$1/seed$2/encoder.pth"; }
 
 # run OUT CMD...: CMD into OUT unless OUT/finished says it ran to its end (result.json and encoder.pth
