@@ -67,11 +67,12 @@ t1() {  # Table 1: no pretraining vs MAE vs DiffMAE (and its decoder reading onl
   done
 }
 
-t2() {  # Table 2: masking (random is Table 1's DiffMAE), linear probe
+t2() {  # Table 2: masking (random is Table 1's DiffMAE), linear probe on the class token and on the mean of the patches
   local s=$1
   for mask in block joint temporal; do
     run $R/pretrain_mask_$mask/seed$s python pretrain.py $U $UPT --mask $mask --seed $s
     run $R/t2_probe_$mask/seed$s python probe.py $U $PR --init $(enc mask_$mask $s) --seed $s
+    run $R/t2_probe_mean_$mask/seed$s python probe.py $U $PR --pool mean --init $(enc mask_$mask $s) --seed $s
   done
 }
 
