@@ -3,7 +3,7 @@
 #
 #   bash results.sh encode        # NW-UCLA and MSR Action3D at 64 x 64, every stream, into $DATA (seconds)
 #   bash results.sh t1 0          # one group of cells for one seed (names below); seeds 0 1 2 in RESULTS.md
-#   bash results.sh all           # every group, seeds 0 1 2: about 9 hours of one core; run two at a time
+#   bash results.sh all           # every group, seeds 0 1 2: about 6.5 hours of one core; run two at a time
 #   python results.py results/s2i_cpu          # the tables, from whatever runs have finished
 #
 # Each run writes $R/CELL/seedN/ (result.json for probe and fine-tune, encoder.pth for pretraining).
@@ -21,9 +21,9 @@ M="--data msr20 --protocol xsub --data-root $DATA"
 PT="--model vit_tiny_patch16 --init none --batch-size 64 --blr 1e-3 --decoder-depth 2 --decoder-dim 128 --decoder-heads 4 --num-workers 1"
 FT="--model vit_tiny_patch16 --num-workers 1"
 PR="--model vit_tiny_patch16 --cache-features --num-workers 1"
-UPT="$PT --epochs 50 --warmup-epochs 5"      # NW-UCLA pretraining: 1020 samples, 800 steps
+UPT="$PT --epochs 50 --warmup-epochs 5"      # NW-UCLA pretraining: 1020 samples, 15 full batches, 750 steps
 MPT="$PT --epochs 150 --warmup-epochs 15"    # MSR pretraining: 291 samples, 150 epochs = 600 steps
-UFT="$FT --epochs 20 --warmup-epochs 3"      # NW-UCLA fine-tuning: 640 steps
+UFT="$FT --epochs 20 --warmup-epochs 3"      # NW-UCLA fine-tuning: 620 steps
 MFT="$FT --epochs 50 --warmup-epochs 5 --batch-size 32"   # MSR fine-tuning: NW-UCLA's batch (Table 12), 450 steps
 enc() { echo "$R/pretrain_$1/seed$2/encoder.pth"; }
 
@@ -134,6 +134,7 @@ longer() {  # why pretraining does not beat scratch here (1): twice as long pret
   run $R/pretrain_mae_e100/seed$s python pretrain.py $U $UPT $long --method mae --seed $s
   for cell in diffmae_e100 mae_e100; do
     run $R/in_probe_$cell/seed$s python probe.py $U $PR --init $(enc $cell $s) --seed $s
+    run $R/in_probe_mean_$cell/seed$s python probe.py $U $PR --pool mean --init $(enc $cell $s) --seed $s
     run $R/in_ft_$cell/seed$s python finetune.py $U $UFT --init $(enc $cell $s) --seed $s
   done
 }
@@ -142,6 +143,7 @@ noise() {  # why DiffMAE trails MAE here (2): more noise (A.2's rho), so fewer t
   local s=$1
   run $R/pretrain_diffmae_rho06/seed$s python pretrain.py $U $UPT --rho 0.6 --seed $s
   run $R/in_probe_diffmae_rho06/seed$s python probe.py $U $PR --init $(enc diffmae_rho06 $s) --seed $s
+  run $R/in_probe_mean_diffmae_rho06/seed$s python probe.py $U $PR --pool mean --init $(enc diffmae_rho06 $s) --seed $s
   run $R/in_ft_diffmae_rho06/seed$s python finetune.py $U $UFT --init $(enc diffmae_rho06 $s) --seed $s
 }
 
