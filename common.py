@@ -143,7 +143,9 @@ def init_distributed(device_arg):
 
 
 def cleanup_distributed():
+    """Barrier first, so that no rank tears the group down while a peer is still busy (gloo may abort it)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
