@@ -73,7 +73,8 @@ def fuse(runs, weights):
             sys.exit(f'{run_dir}: test_logits shape {logits.shape} differs from {first_dir} {first_logits.shape}')
     fused = sum(w * softmax(logits) for w, (_, logits, _, _) in zip(weights, runs)) / sum(weights)
     result = {'streams': {run_dir: topk_accuracy(logits, labels) for run_dir, logits, _, _ in runs},
-              'weights': list(weights), 'fused': topk_accuracy(fused, labels), 'num_samples': len(labels)}
+              'weights': list(weights), 'fused': topk_accuracy(fused, labels), 'num_samples': len(labels),
+              'num_classes': first_logits.shape[1]}
     return result
 
 

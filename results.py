@@ -32,12 +32,9 @@ def read_result(path):
     None for a run that has not reached its last epoch (result.json is also written at earlier evaluations)."""
     with open(path) as f:
         result = json.load(f)
-    if 'fused' in result:                     # ensemble.py: no epochs, no best; chance from its first stream
+    if 'fused' in result:                     # ensemble.py: no epochs, no best
         top1 = result['fused']['top1']
-        first = next(iter(result['streams']), None)          # streams: {run folder: its accuracy}
-        stream_path = first and os.path.join(first, 'result.json')
-        stream = read_result(stream_path) if stream_path and os.path.isfile(stream_path) else None
-        return top1, top1, '-', stream[3] if stream else None
+        return top1, top1, '-', 100 / result['num_classes'] if 'num_classes' in result else None
     if result['epoch'] != result['epochs'] - 1:
         return None
     num_classes = result.get('settings', {}).get('num_classes')

@@ -40,6 +40,7 @@ def test_fused_accuracy_hand_computed(tmp_path):
     assert result['fused']['top1'] == 100.0
     assert result['fused']['top5'] == 100.0
     assert json.loads(out.read_text())['fused']['top1'] == 100.0
+    assert result['num_classes'] == 3                                   # for the chance level in results.py
     # weights: only the joint stream counts -> the joint accuracy
     result = ensemble.main(ensemble.get_args(runs + ['--weights', '1', '0', '0', '--output', str(out)]))
     assert result['fused']['top1'] == 50.0

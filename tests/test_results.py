@@ -40,11 +40,10 @@ def test_cells_follow_the_patterns_order_links_and_ensembles(tmp_path):
     (fused / 'result.json').write_text(json.dumps({'fused': {'top1': 90.0, 'top5': 99.0}, 'streams': {}}))
     cells = results.collect(str(tmp_path / 'new'), ['t3_*', 't1_*'])
     assert list(cells) == ['t3_bone', 't3_ensemble', 't1_finetune']
-    assert cells['t3_ensemble'] == [(90.0, 90.0, '-', None)]                # no streams: no chance level
+    assert cells['t3_ensemble'] == [(90.0, 90.0, '-', None)]                # an older ensemble.json: no chance level
     assert cells['t1_finetune'] == [(40.0, 45.0, 20, 10.0)]
-    streams = {str(tmp_path / 'new' / 't3_bone' / 'seed0'): {'top1': 30.0}}   # chance from the first stream
-    (fused / 'result.json').write_text(json.dumps({'fused': {'top1': 90.0, 'top5': 99.0}, 'streams': streams}))
-    assert results.collect(str(tmp_path / 'new'), ['t3_ensemble'])['t3_ensemble'] == [(90.0, 90.0, '-', 10.0)]
+    (fused / 'result.json').write_text(json.dumps({'fused': {'top1': 90.0, 'top5': 99.0}, 'streams': {}, 'num_classes': 20}))
+    assert results.collect(str(tmp_path / 'new'), ['t3_ensemble'])['t3_ensemble'] == [(90.0, 90.0, '-', 5.0)]
 
 
 def test_chart_draws_a_bar_to_the_mean(tmp_path):
