@@ -8,6 +8,14 @@ import os
 import numpy as np
 
 
+def real_data(*parts):
+    """A path under $S2I_DATA, the folder holding the real datasets (nw_ucla/, msr_action3d/), or None
+    when the variable is unset or the path is not there: the tests that need it then skip."""
+    root = os.environ.get('S2I_DATA')
+    path = os.path.join(root, *parts) if root else None
+    return path if path and os.path.exists(path) else None
+
+
 def easy_images(labels, size, seed):
     """(N, 3, S, S) float32: class c -> a wave whose frequency and channel depend on c, plus noise."""
     rng = np.random.default_rng(seed)

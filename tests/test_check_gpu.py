@@ -42,7 +42,7 @@ def test_tiny_check_runs_every_step_and_learns(tmp_path):
 
 
 def test_a_failing_step_names_its_log(tmp_path):
-    run = subprocess.run([sys.executable, 'check_gpu.py', str(tmp_path / 'out'), '--tiny', '--data', 'ucla',
+    run = subprocess.run([sys.executable, 'tools/check_gpu.py', str(tmp_path / 'out'), '--tiny', '--data', 'ucla',
                           '--root', str(tmp_path / 'missing')], cwd=HERE, capture_output=True, text=True)
     assert run.returncode != 0 and 'Traceback' not in run.stderr
     lines = run.stderr.strip().splitlines()
@@ -51,7 +51,7 @@ def test_a_failing_step_names_its_log(tmp_path):
 
 def test_a_folder_in_use_is_refused(tmp_path):
     (tmp_path / 'check.json').write_text('{}')
-    run = subprocess.run([sys.executable, 'check_gpu.py', str(tmp_path), '--tiny'], cwd=HERE, capture_output=True,
+    run = subprocess.run([sys.executable, 'tools/check_gpu.py', str(tmp_path), '--tiny'], cwd=HERE, capture_output=True,
                          text=True)
     assert run.returncode != 0 and run.stderr.strip().count('\n') == 0 and 'not empty' in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['check.json']

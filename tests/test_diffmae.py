@@ -5,9 +5,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # noqa: E402
-import pretrain  # noqa: E402
+import common
+import pretrain
 
 
 def test_cross_sources_top_down_and_last():

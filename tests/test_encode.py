@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import encode  # noqa: E402
+import encode
+from fixtures import real_data
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
-UCLA_REAL = SHARED / 'data' / 'nw_ucla' / 'all_sqe'
+UCLA_REAL = real_data('nw_ucla', 'all_sqe')
 
 TRI3_YAML = """
 tri3:
@@ -601,7 +600,7 @@ def test_bad_inputs(tmp_path):
 
 # ------------------------------------------------------------------ real data (opt-in)
 
-@pytest.mark.skipif(not UCLA_REAL.is_dir(), reason='shared NW-UCLA data not present')
+@pytest.mark.skipif(UCLA_REAL is None, reason='NW-UCLA not found: set S2I_DATA to the folder holding nw_ucla/')
 def test_real_nw_ucla(tmp_path):
     meta = run(['--data', 'ucla', '--root', UCLA_REAL, '--out', tmp_path, '--size', 64, '--workers', 2,
                 '--modality', 'joint'])

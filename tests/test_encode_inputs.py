@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import encode  # noqa: E402
-from test_encode import TRI3_YAML  # noqa: E402  (a made-up 3-joint format)
+import encode
+from fixtures import real_data
+from test_encode import TRI3_YAML  (a made-up 3-joint format)
 
 
 def run(argv):
@@ -273,10 +273,10 @@ def test_npz_of_named_arrays(tmp_path):
     np.testing.assert_allclose(np.load(out / 'test_joint.npy')[0], expected, atol=2e-3)   # float16 store
 
 
-MSR_REAL = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'msr_action3d' / 'msr_action3d.npz'
+MSR_REAL = real_data('msr_action3d', 'msr_action3d.npz')
 
 
-@pytest.mark.skipif(not MSR_REAL.is_file(), reason='shared MSR Action3D data not present')
+@pytest.mark.skipif(MSR_REAL is None, reason='MSR Action3D not found: set S2I_DATA to the folder holding msr_action3d/')
 def test_real_msr_action3d(tmp_path):
     meta = run(['--data', 'npz', '--input', MSR_REAL, '--format', 'msr20', '--name', 'msr20', '--protocol', 'xsub',
                 '--size', '32', '--out', tmp_path, '--modality', 'joint'])

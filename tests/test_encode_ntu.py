@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import encode  # noqa: E402
+import encode
 
 STAND = np.array([encode._STAND[j] for j in range(25)], np.float32)   # x spread 0.44 m, y spread 1.62 m
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import ensemble  # noqa: E402
+import ensemble
 
 
 def write_run(folder, logits, labels, names):

@@ -19,9 +19,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
-from fixtures import write_encoded  # noqa: E402
+from fixtures import write_encoded
 
 torch.set_num_threads(1)
 
@@ -149,7 +147,7 @@ def results(tmp_path_factory):
     with open(base / 'cases.json', 'w') as f:
         json.dump(commands, f)
     driver = subprocess.run([sys.executable, __file__, str(base / 'cases.json'), str(base / 'results.json')],
-                            env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=600)
+                            env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT), capture_output=True, text=True, timeout=600)
     assert driver.returncode == 0, driver.stderr[-3000:]
     ran = json.load(open(base / 'results.json'))
     return {name: (*ran[i], str(base / f'out{i}')) for i, (name, _, _, _) in enumerate(CASES)}
@@ -192,7 +190,7 @@ def test_disk_full_while_checkpointing(tmp_path):
                    '--resume', 'auto']
         if not mounted:   # the same failure, made in the process: torch.save's file write raises ENOSPC
             command = [sys.executable, '-c', FULL_DISK, *command[1:]]
-        run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'),
+        run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT),
                              timeout=300)
         lines = [line for line in run.stderr.splitlines() if line.strip()]
         assert run.returncode == 1 and len(lines) == 1 and 'Traceback' not in run.stderr, run.stderr
@@ -213,7 +211,6 @@ def full(obj, f, *a, **k):
     return save(obj, f, *a, **k)
 torch.save = full
 sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(sys.argv[0]))
 runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
@@ -222,7 +219,6 @@ def run_cases(cases_path, results_path):
     """Driver: fork one child per command; the child runs the script as __main__ with stdout and
     stderr in files, and whatever ends it reaches the interpreter, as in a real run."""
     import timm.models.vision_transformer  # noqa: F401  (imported once, before any fork)
-    sys.path.insert(0, ROOT)
     commands = json.load(open(cases_path))
     results = []
     for i, command in enumerate(commands):

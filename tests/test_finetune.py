@@ -11,11 +11,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
-import common  # noqa: E402
-import finetune  # noqa: E402
-from fixtures import write_encoded  # noqa: E402
+import common
+import finetune
+from fixtures import write_encoded
 
 torch.set_num_threads(1)
 
@@ -72,12 +70,12 @@ def test_label_subset_deterministic_class_complete_rank_independent(tmp_path):
     ten = finetune.label_subset(labels, 0.1, seed=3)
     assert list(np.bincount(labels[ten])) == [max(1, round(0.1 * n)) for n in [3, 50, 120, 1, 40, 77, 9]]
     # rank 1 of a world of 2, in another process with other global RNG states, picks the same samples
-    code = ('import sys, numpy as np, torch; sys.path.insert(0, sys.argv[1]); import finetune; '
-            'np.random.seed(7); torch.manual_seed(7); labels = np.load(sys.argv[2]); '
+    code = ('import sys, numpy as np, torch; import finetune; '
+            'np.random.seed(7); torch.manual_seed(7); labels = np.load(sys.argv[1]); '
             'print(" ".join(map(str, finetune.label_subset(labels, 0.01, seed=3))))')
     np.save(tmp_path / 'labels.npy', labels)
     env = dict(os.environ, RANK='1', WORLD_SIZE='2', LOCAL_RANK='1', OMP_NUM_THREADS='1')
-    out = subprocess.run([sys.executable, '-c', code, ROOT, str(tmp_path / 'labels.npy')], env=env,
+    out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'labels.npy')], env=env, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert [int(x) for x in out.split()] == a.tolist()
 

@@ -12,11 +12,9 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import pretrain  # noqa: E402
-from fixtures import write_encoded  # noqa: E402
+import common
+import pretrain
+from fixtures import write_encoded
 
 torch.set_num_threads(1)
 CPU = torch.device('cpu')

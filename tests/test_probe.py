@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import probe  # noqa: E402
-from fixtures import write_encoded  # noqa: E402
+import common
+import probe
+from fixtures import write_encoded
 
 torch.set_num_threads(1)
 

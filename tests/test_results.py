@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import results  # noqa: E402
+import results
 
 
 def write(root, cell, seed, top1, best, num_classes=10, epoch=19):

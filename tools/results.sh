@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The runs behind RESULTS.md: the paper's claims at CPU scale on NW-UCLA and MSR Action3D, 3 seeds.
+# The runs behind docs/RESULTS.md: the paper's claims at CPU scale on NW-UCLA and MSR Action3D, 3 seeds.
 #
-#   bash results.sh encode        # NW-UCLA and MSR Action3D at 64 x 64, every stream, into $DATA (seconds)
-#   bash results.sh t1 0          # one group of cells for one seed (names below); seeds 0 1 2 in RESULTS.md
-#   bash results.sh all           # every group, seeds 0 1 2: about 6.5 hours of one core; run two at a time
-#   python results.py results/s2i_cpu          # the tables, from whatever runs have finished
+#   bash tools/results.sh encode        # NW-UCLA and MSR Action3D at 64 x 64, every stream, into $DATA (seconds)
+#   bash tools/results.sh t1 0          # one group of cells for one seed (names below); seeds 0 1 2 in docs/RESULTS.md
+#   bash tools/results.sh all           # every group, seeds 0 1 2: about 6.5 hours of one core; run two at a time
+#   python tools/results.py results/s2i_cpu          # the tables, from whatever runs have finished
 #
 # Each run writes $R/CELL/seedN/ (result.json for probe and fine-tune, encoder.pth for pretraining).
 # A run that ended is skipped (its folder holds `finished`) and a killed run resumes (--resume auto),
 # so the groups can be stopped and restarted across sessions. Groups after t1 read t1's encoders.
 # The CPU preset (README.md, "CPU preset"): vit_tiny at 64 x 64 (a 4 x 4 patch grid), no ImageNet
 # weights, a 2 x 128 decoder, NW-UCLA pretraining 50 epochs and fine-tuning 20; runs on 1 thread.
-# DATA, R and SHARED move the encoded data, the results and the datasets.
+# DATA and R move the encoded data and the results; S2I_DATA is the folder holding nw_ucla/ and
+# msr_action3d/ (the encode group needs it).
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."                # the stages and data/ are at the project root
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-DATA=${DATA:-data/cpu64} R=${R:-results/s2i_cpu} SHARED=${SHARED:-../shared/data}
+DATA=${DATA:-data/cpu64} R=${R:-results/s2i_cpu} SHARED=${S2I_DATA:-}
 U="--data ucla --data-root $DATA"
 M="--data msr20 --protocol xsub --data-root $DATA"
 PT="--model vit_tiny_patch16 --init none --batch-size 64 --blr 1e-3 --decoder-depth 2 --decoder-dim 128 --decoder-heads 4 --num-workers 1"
@@ -40,6 +41,7 @@ run() {
 }
 
 encode() {
+  : "${SHARED:?set S2I_DATA to the folder holding nw_ucla/ and msr_action3d/}"
   python encode.py --data ucla --root "$SHARED/nw_ucla/all_sqe" --out "$DATA" --size 64 --modality all --workers 2
   python encode.py --data npz --input "$SHARED/msr_action3d/msr_action3d.npz" --format msr20 --name msr20 \
     --protocol xsub --out "$DATA" --size 64 --modality all --workers 2
@@ -151,6 +153,6 @@ groups=(t1 t2 t3 t6 t8 t9 ablations longer noise)
 case ${1:-} in
   encode) encode ;;
   all) for s in 0 1 2; do for g in "${groups[@]}"; do $g $s; done; done ;;
-  preset|t1|t2|t3|t6|t8|t9|ablations|longer|noise) $1 "${2:?give a seed: bash results.sh $1 0}" ;;
+  preset|t1|t2|t3|t6|t8|t9|ablations|longer|noise) $1 "${2:?give a seed: bash tools/results.sh $1 0}" ;;
   *) echo "results.sh: expected encode, all, or one of preset ${groups[*]} and a seed (got '${1:-}')" >&2; exit 2 ;;
 esac

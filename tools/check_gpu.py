@@ -1,7 +1,7 @@
 """One GPU, about eight minutes: do the scripts run at speed and learn at the paper's model size?
 
-    python check_gpu.py runs/check_gpu                        # one CUDA GPU, NW-UCLA from ../shared/data
-    python check_gpu.py /tmp/check --tiny --data synthetic    # the same steps on a CPU in about a minute
+    python tools/check_gpu.py runs/check_gpu                  # one CUDA GPU, NW-UCLA from $S2I_DATA
+    python tools/check_gpu.py /tmp/check --tiny --data synthetic  # the same steps on a CPU in about a minute
 
 1. encode.py on the dataset (NW-UCLA by default: 1,484 sequences, joint stream, 224 x 224).
 2. bench.py's loader and train figures for the paper's ViT-B/16 at 224, 64 images per GPU (Table 10's
@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED_UCLA = os.path.join(HERE, '..', 'shared', 'data', 'nw_ucla', 'all_sqe')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the stages, beside tools/
+DATA = os.environ.get('S2I_DATA')                                      # the real datasets (README.md)
 
 
 def get_args(argv=None):
@@ -34,7 +34,8 @@ def get_args(argv=None):
     parser.add_argument('out', help='folder for check.json, check.md, logs and runs')
     group = parser.add_argument_group('data')
     group.add_argument('--data', default='ucla', help='any dataset encode.py reads (synthetic needs no --root)')
-    group.add_argument('--root', default=SHARED_UCLA, help='raw dataset folder for encode.py --root')
+    group.add_argument('--root', default=DATA and os.path.join(DATA, 'nw_ucla', 'all_sqe'),
+                       help='raw dataset folder for encode.py --root (default: $S2I_DATA/nw_ucla/all_sqe)')
     group = parser.add_argument_group('time budget')
     group.add_argument('--pretrain-minutes', type=float, default=3.0)
     group.add_argument('--finetune-minutes', type=float, default=1.5)
@@ -60,6 +61,9 @@ def get_args(argv=None):
         parser.error('--pretrain-minutes, --finetune-minutes, --rate-margin and the epoch counts must be positive')
     if os.path.isdir(args.out) and os.listdir(args.out):
         sys.exit(f'check_gpu.py: {args.out} is not empty (a check writes its runs there: give a new folder)')
+    if args.data != 'synthetic' and not args.root:
+        parser.error(f'--root: the raw {args.data} folder is needed (or set S2I_DATA to the folder holding nw_ucla/)')
+    args.out = os.path.abspath(args.out)     # the stages run from the project root
     return args
 
 
@@ -68,7 +72,7 @@ def run_step(name, command, out):
     log_path = os.path.join(out, f'{name}.log')
     started = time.perf_counter()
     with open(log_path, 'w') as log:
-        returncode = subprocess.run([sys.executable, *command], cwd=HERE, stdout=log, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - started
     if returncode:
         with open(log_path) as log:
@@ -128,7 +132,7 @@ def main(args):
     train_samples = meta['counts']['train']
 
     # 2. bench.py figures: loader, then MAE / DiffMAE / fine-tune steps of the model
-    bench = ['bench.py', '--only', 'loader,train', '--models', args.model, '--workdir', os.path.join(args.out, 'bench')]
+    bench = ['tools/bench.py', '--only', 'loader,train', '--models', args.model, '--workdir', os.path.join(args.out, 'bench')]
     bench += ['--batch-size', '16', '--steps', '1', '--device', 'cpu'] if args.tiny else []
     bench_seconds = run_step('bench', bench, args.out)
     records = bench_records(os.path.join(args.out, 'bench.log'))

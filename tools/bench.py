@@ -1,7 +1,7 @@
 """Measured speed and memory figures, one JSON line each: {name, value, unit, settings}.
 
 Every ratio is taken within one run (a figure and its reference side by side), so it holds on a
-noisy machine. `python bench.py` runs all on CPU in a few minutes; `--only encode,loader` picks.
+noisy machine. `python tools/bench.py` runs all on CPU in a few minutes; `--only encode,loader` picks.
 
   encode    NTU .skeleton files parsed + encoded per second, median of --encode-runs (files written here,
             ~290 KB, 90 frames, a fifth with two bodies), and peak resident memory of the whole
@@ -29,12 +29,12 @@ import time
 import numpy as np
 import torch
 
-import common
-import finetune
-import pretrain
-import probe
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the stages, beside tools/
+sys.path.insert(0, ROOT)
+import common  # noqa: E402
+import finetune  # noqa: E402
+import pretrain  # noqa: E402
+import probe  # noqa: E402
 
 
 def get_args():
@@ -129,7 +129,7 @@ def tree_rss(pid):
     return total
 
 
-def run_measured(command, cwd=HERE, sample_memory=True):
+def run_measured(command, cwd=ROOT, sample_memory=True):
     """Run a command; return (seconds, peak resident bytes of its process tree, output). Sampling
     walks /proc every 50 ms, which costs CPU: leave it off when timing."""
     start = time.perf_counter()
@@ -216,7 +216,7 @@ def bench_encode(args, workdir, device):
 def bench_loader(args, workdir, device):
     out = os.path.join(workdir, 'synthetic')
     subprocess.run([sys.executable, 'encode.py', '--data', 'synthetic', '--out', out, '--modality', 'joint',
-                    '--synthetic-train', '150', '--quiet'], cwd=HERE, check=True)
+                    '--synthetic-train', '150', '--quiet'], cwd=ROOT, check=True)
     protocol = common.resolve_protocol(out, 'synthetic', None)
     meta = common.load_meta(out, 'synthetic', protocol)
     path, labels, _ = common.read_split(out, 'synthetic', protocol, 'train', 'joint')
@@ -254,7 +254,7 @@ def encode_synthetic(workdir, size, per_class):
     out = os.path.join(workdir, f'synthetic_{size}_{per_class}')
     if not os.path.isdir(out):
         subprocess.run([sys.executable, 'encode.py', '--data', 'synthetic', '--out', out, '--size', str(size),
-                        '--synthetic-train', str(per_class), '--synthetic-test', '1', '--quiet'], cwd=HERE, check=True)
+                        '--synthetic-train', str(per_class), '--synthetic-test', '1', '--quiet'], cwd=ROOT, check=True)
     return out
 
 
@@ -383,7 +383,7 @@ def bench_train(args, workdir, device):
         for method in ('mae', 'diffmae'):
             out_dir = os.path.join(workdir, f'train_{model}_{method}')
             args_list = pretrain_args(data_root, model, method, model_batch, 2, out_dir, device.type)
-            subprocess.run([sys.executable, 'pretrain.py', *args_list], cwd=HERE, check=True,
+            subprocess.run([sys.executable, 'pretrain.py', *args_list], cwd=ROOT, check=True,
                            stdout=subprocess.DEVNULL)
             loop = last_epoch_rate(out_dir)                    # epoch 2: loader warm, no start-up
             bare, flops, memory = bare_step_rate(args_list, model_steps, device)
@@ -402,7 +402,7 @@ def step_memory_gb(data_root, method, batch):
             f'bench.bare_step_rate(bench.pretrain_args({data_root!r}, "vit_base_patch16", {method!r}, {batch}, 1, '
             '"unused", "cpu"), 1, torch.device("cpu")); '
             'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 2 ** 20)')
-    run = subprocess.run([sys.executable, '-c', code], cwd=HERE, check=True, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, capture_output=True, text=True)
     return float(run.stdout.split()[-1])
 
 
@@ -457,7 +457,7 @@ def bench_ddp(args, workdir, device):
         args_list = pretrain_args(data_root, 'vit_test', 'diffmae', 64, 2, out_dir, ddp_on,
                                   ['--decoder-depth', '2', '--decoder-dim', '128', '--decoder-heads', '4'])
         launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
-        subprocess.run(launcher + ['pretrain.py', *args_list], cwd=HERE, check=True, stdout=subprocess.DEVNULL,
+        subprocess.run(launcher + ['pretrain.py', *args_list], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         rates[processes] = last_epoch_rate(out_dir)
         report('ddp_images_per_s', rates[processes], 'images/s', processes=processes, model='vit_test', size=64,
