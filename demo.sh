@@ -4,7 +4,7 @@
 # ensemble, then one table with every number, chance level and the path of every output.
 #
 #   bash demo.sh                                   # built-in synthetic set, vit_test at 64 x 64: about 2 minutes on 2 cores
-#   bash demo.sh ucla /path/to/all_sqe             # README.md's CPU preset (vit_tiny, 64 x 64): ~25 min on 2 cores (RESULTS.md's stage times)
+#   bash demo.sh ucla /path/to/all_sqe             # README.md's CPU preset (vit_tiny, 64 x 64): ~25 min on 2 cores (docs/RESULTS.md's stage times)
 #   bash demo.sh DATA ROOT [encode.py arguments]   # any dataset encode.py reads, e.g. ntu60 ROOT --protocol xview
 #   bash demo.sh npz --input X.npz --format ntu25 --name ntu60     # generic inputs: encode.py's arguments after DATA
 #
@@ -27,7 +27,7 @@ if [[ $dataset == synthetic ]]; then          # seconds per stage: a tiny model 
   pretrain="--epochs 30 --batch-size 64 --blr 1.5e-3 --warmup-epochs 3 --decoder-depth 2 --decoder-dim 64 --decoder-heads 4"
   probe="--epochs 30 --warmup-epochs 3"
   finetune="--epochs 15 --warmup-epochs 2 --batch-size 32"
-else                                          # README.md's CPU preset (RESULTS.md): from scratch, no ImageNet weights offline
+else                                          # README.md's CPU preset (docs/RESULTS.md): from scratch, no ImageNet weights offline
   runs=${DEMO_RUNS:-runs/demo_$dataset}
   model="--model vit_tiny_patch16"
   pretrain="--epochs 50 --batch-size 64 --blr 1e-3 --warmup-epochs 5 --decoder-depth 2 --decoder-dim 128 --decoder-heads 4"
