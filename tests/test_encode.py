@@ -4,7 +4,6 @@ import json
 import pickle
 import struct
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -533,7 +532,7 @@ def test_skipped_samples_leave_no_gap(tmp_path):
 def test_worker_writes_its_row(tmp_path):
     """Images go from the worker into their row of the output file; only the sums come back."""
     fmt = encode.get_format('ntu25')
-    outputs = encode.create_outputs(tmp_path, 'train', 3, ['joint', 'bone'], 16)
+    outputs = encode.create_outputs({m: tmp_path / f'train_{m}.npy' for m in ['joint', 'bone']}, 3, 16)
     encode._init_worker(dict(fmt=fmt, modalities=['joint', 'bone'], size=16, two_person='interleave'))
     item = ('s1', 2, 'train', ('synthetic', 2, 5))
     bodies = encode.synthetic_sequence(2, 5)

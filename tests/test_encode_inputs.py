@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 import encode
 from fixtures import real_data
-from test_encode import TRI3_YAML  (a made-up 3-joint format)
+from test_encode import TRI3_YAML  # a made-up 3-joint format
 
 
 def run(argv):

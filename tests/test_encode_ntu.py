@@ -225,3 +225,31 @@ def test_motion_variance_is_numpys_bit_for_bit():
     for n in (1, 2, 12, 90, 300):
         joints = (rng.normal(size=(n, 25, 3)) * rng.uniform(0.01, 3) + rng.normal(size=3) * 3).astype(np.float32)
         assert encode._variance_sum(joints) == np.var(joints.reshape(-1, 3), axis=0).sum()
+
+
+def test_fast_ntu_reader_is_the_plain_one(tmp_path):
+    """The speed section's ntu_records (a chunk of files at once, SWAR decimals) gives what
+    ntu_records_plain (one file, int() and float()) gives, bit for bit, on files in the official
+    layout as tools/bench.py writes them: one to three bodies, and the number forms NTU files hold
+    (negative, decimals of every length, '-0', integers like '0'), plus exponents and overlong
+    decimals, which take the float() fallback."""
+    import bench
+    odd = ['-0', '0', '-0.0', '0.000', '12', '-3', '7.', '-.25', '+0.5', '0.1234567890123', '-123456.7890123',
+           '-0.000000001', '3.785517', '-0.1997358', '1e-3', '-2.5E+1', '0.12345678901234567']
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, bodies in enumerate([1, 2, 3, 2, 1]):
+        lines = bench.ntu_file_text(rng, frames=20, bodies=bodies).split('\n')
+        for n, line in enumerate(lines):
+            values = line.split()
+            if len(values) == 12 and rng.random() < 0.3:       # a joint line: odd forms for some of x, y, z
+                values[:3] = [str(rng.choice(odd)) if rng.random() < 0.5 else v for v in values[:3]]
+                lines[n] = ' '.join(values)
+        paths.append(tmp_path / f'S001C001P001R001A{k + 1:03d}.skeleton')
+        paths[-1].write_text('\n'.join(lines).rstrip('\n') if k == 3 else '\n'.join(lines))   # one without final newline
+    for path, fast in zip(paths, encode.ntu_records(paths)):
+        plain = encode.ntu_records_plain(path)
+        assert fast[0] == plain[0]                                          # frames
+        for a, b in zip(fast[1:], plain[1:]):                               # frame, slot, bodyID keys, x y z
+            assert a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert max(len(r[1]) for r in encode.ntu_records(paths)) == 60          # 3 bodies x 20 frames
