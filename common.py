@@ -1,7 +1,8 @@
 """What pretrain.py, probe.py and finetune.py share, and nothing else.
 
 Encoded-dataset reader, batch augmentation, ViT build and weight loading, torchrun/DDP set-up,
-warmup + cosine schedule, atomic checkpoints, JSON-lines log, accuracy.
+warmup + cosine schedule, atomic writes of every final file, checkpoints, JSON-lines log, progress
+lines, and the epochs and result files of probe and finetune. The pictures are pictures.py's.
 """
 import contextlib
 import json
@@ -17,7 +18,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-# Default protocol of each dataset (README.md, Encoding datasets); used when --protocol is not given.
+import pictures
+
+# Default protocol of each dataset (docs/DATA.md); used when --protocol is not given.
 DEFAULT_PROTOCOL = {'ntu60': 'xsub', 'ntu120': 'xsub', 'pku1': 'xsub', 'pku2': 'xsub',
                     'ucla': 'xview', 'toyota': 'xsub'}
 
@@ -208,7 +211,7 @@ def gather_by_index(values, indices, num_samples):
 
 
 # ----------------------------------------------------------------------------------------------
-# Encoded data (the layout encode.py writes, README.md)
+# Encoded data (the layout encode.py writes, docs/DATA.md)
 
 def resolve_protocol(data_root, data, protocol):
     """--protocol if given, else the only protocol encoded, else the dataset's standard one."""
@@ -576,13 +579,6 @@ def cached_hub_file(repo_id):
     return path if isinstance(path, str) else None
 
 
-def save_encoder(path, encoder, meta):
-    """encoder.pth: the encoder alone, timm key names, loadable with strict=True (num_classes=0)."""
-    state = {k: v.detach().cpu() for k, v in unwrap(encoder).state_dict().items()
-             if not k.startswith(('head.', 'fc_norm.'))}
-    atomic_save({'model': state, 'meta': meta}, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Optimisation
 
@@ -621,17 +617,23 @@ def set_lr(optimizer, lr):
         group['lr'] = lr * group.get('lr_scale', 1.0)
 
 
+def current_lr(optimizer):
+    """The unscaled schedule value (the group whose lr_scale is 1: the head)."""
+    return max(group['lr'] for group in optimizer.param_groups)
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints and logs
 
-def atomic_save(obj, path):
-    """torch.save to a temporary name, then rename: a killed run never leaves a half file, and a
-    full disk stops the run with one line while the previous file stays as it was."""
+def atomic_write(path, write, mode='wb'):
+    """Every final file of a run (checkpoint, encoder, result.json, .npy, .txt, log.jsonl rewrite):
+    write(f) fills a temporary name, which is then renamed, so a killed run never leaves a half file,
+    and a full disk stops the run with one line while the previous file stays as it was."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = path + '.tmp'
     try:
-        with open(tmp, 'wb') as f:      # a Python file object: torch passes ENOSPC on as an OSError
-            torch.save(obj, f)
+        with open(tmp, mode) as f:      # a Python file object: torch passes ENOSPC on as an OSError
+            write(f)
     except (OSError, RuntimeError) as error:
         cause = error                    # torch's zip writer may raise a RuntimeError while closing after it
         while cause is not None and not isinstance(cause, OSError):
@@ -650,7 +652,7 @@ def save_checkpoint(out_dir, model, optimizer, epoch, args, stage=None, **extra)
     wrote it) and `extra`."""
     state = {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': epoch,
              'args': vars(args), 'rng': rng_state(), 'stage': stage, **extra}
-    atomic_save(state, os.path.join(out_dir, 'checkpoint.pth'))
+    atomic_write(os.path.join(out_dir, 'checkpoint.pth'), partial(torch.save, state))
 
 
 def read_torch_file(path, flag):
@@ -732,14 +734,6 @@ def resume_path(resume, out_dir):
     sys.exit(f'--resume {resume}: no such checkpoint')
 
 
-def epoch_record(epoch, loss_sum, steps, lr, images, epoch_start):
-    """log.jsonl's line for a finished epoch of probe or fine-tuning. The loss's .item() waits for
-    the GPU, so the time read after it covers every step queued in the epoch."""
-    loss = all_reduce_mean(loss_sum / max(1, steps)).item()
-    seconds = time.time() - epoch_start
-    return {'epoch': epoch, 'loss': loss, 'lr': lr, 'time': seconds, 'images_per_s': images / seconds}
-
-
 def restart_log(path, start_epoch):
     """log.jsonl when a run starts: the epochs before `start_epoch` stay (a resumed run keeps its
     history and logs each later epoch once more, so once in all), a new run starts empty; a line cut
@@ -753,9 +747,14 @@ def restart_log(path, start_epoch):
                         kept.append(line if line.endswith('\n') else line + '\n')
                 except (ValueError, KeyError, TypeError):
                     pass
-    with open(path + '.tmp', 'w') as f:
-        f.writelines(kept)
-    os.replace(path + '.tmp', path)
+    atomic_write(path, lambda f: f.writelines(kept), 'w')
+
+
+def finish(start_epoch, last_epoch, log=print):
+    """The end of every stage's run: say so if the checkpoint had done it all, leave the process group."""
+    if start_epoch >= last_epoch:
+        log(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
+    cleanup_distributed()
 
 
 def main_guard(main, get_args):
@@ -769,13 +768,6 @@ def main_guard(main, get_args):
 def log_jsonl(path, record):
     with open(path, 'a') as f:
         f.write(json.dumps(record) + '\n')
-
-
-def write_json(path, obj):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -796,7 +788,63 @@ def per_class_accuracy(predictions, labels, num_classes):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation and result files (probe and finetune)
+# The epochs of probe and finetune (MAE's engine): resume, train, evaluate, result files
+
+def resume_classifier(args, out_dir, model, optimizer, stage, rank, log=print):
+    """--resume of probe and finetune: (the first epoch to run, the best {'top1', 'epoch'} so far);
+    rank 0's log.jsonl keeps the epochs before it."""
+    start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
+    path = resume_path(args.resume, out_dir)
+    if path:
+        state = restore_checkpoint(path, model, optimizer, stage)
+        start_epoch, best = state['epoch'] + 1, state['best']
+        log(f'resumed from {path} at epoch {start_epoch}')
+    if rank == 0:
+        restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)
+    return start_epoch, best
+
+
+def train_one_epoch(model, batches, step_loss, optimizer, epoch, steps_per_epoch, lr, args, device):
+    """One epoch of probe or finetune: the model in train mode, each step sets the
+    per-iteration lr, takes step_loss(it, batch) -> (loss, images in the global batch) and steps the
+    optimizer; returns the epoch's log.jsonl record."""
+    model.train()
+    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    epoch_start, loss_sum, seen = time.time(), torch.zeros((), device=device), 0
+    shown = progress(batches, f'epoch {epoch}', steps_per_epoch, args.batch_size, args.print_every,
+                     lambda: f'loss {loss.item():.4f} lr {current_lr(optimizer):.4g}',
+                     run=(epoch * steps_per_epoch, args.epochs * steps_per_epoch))
+    for step, batch in enumerate(shown):
+        it = epoch * steps_per_epoch + step
+        set_lr(optimizer, lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
+        loss, images = step_loss(it, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        seen += images
+    return epoch_record(epoch, loss_sum, step + 1, current_lr(optimizer), seen, epoch_start)
+
+
+def epoch_record(epoch, loss_sum, steps, lr, images, epoch_start):
+    """log.jsonl's line for a finished epoch of probe or fine-tuning. The loss's .item() waits for
+    the GPU, so the time read after it covers every step queued in the epoch."""
+    loss = all_reduce_mean(loss_sum / max(1, steps)).item()
+    seconds = time.time() - epoch_start
+    return {'epoch': epoch, 'loss': loss, 'lr': lr, 'time': seconds, 'images_per_s': images / seconds}
+
+
+def end_epoch(out_dir, rank, record, model, optimizer, args, stage, last_epoch, best, curves):
+    """Rank 0 after a probe/finetune epoch: its line in log.jsonl and, every --save-every epochs and at
+    the run's last, checkpoint.pth (with the best top-1 so far) and curves.png (curves: title, chance)."""
+    if rank != 0:
+        return
+    epoch = record['epoch']
+    log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
+    if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
+        save_checkpoint(out_dir, model, optimizer, epoch, args, stage, best=best)
+        pictures.save_curves(out_dir, *curves)
+
 
 def evaluate(forward, loader, num_samples, device, mean, std, args, planar, desc='test'):
     """forward(images) -> (B, K) for every test batch; returns (N, K) float32 in dataset order on all ranks."""
@@ -810,11 +858,13 @@ def evaluate(forward, loader, num_samples, device, mean, std, args, planar, desc
     return gather_by_index(torch.cat(outputs), torch.cat(positions), num_samples)
 
 
-def write_results(out_dir, rank, logits, labels, names, num_classes, epoch, best, args, settings):
+def write_results(out_dir, rank, logits, labels, names, num_classes, record, best, args, settings):
     """Accuracy of (N, C) logits; rank 0 writes result.json, test_logits/labels/names, confusion.png.
 
-    `best` ({'top1', 'epoch'}) is updated in place.
+    `record` (the epoch's log.jsonl line) gets its test_top1 and `best` ({'top1', 'epoch'}) is updated,
+    both in place.
     """
+    epoch = record['epoch']
     labels_t = torch.as_tensor(labels, device=logits.device)
     metrics = accuracy(logits, labels_t)
     predictions = logits.argmax(1)
@@ -825,70 +875,19 @@ def write_results(out_dir, rank, logits, labels, names, num_classes, epoch, best
                    data=args.data, protocol=args.protocol, modality=args.modality, model=args.model,
                    init=args.init, settings={**vars(args), **settings})
     if rank == 0:
-        save_npy(os.path.join(out_dir, 'test_logits.npy'), logits.cpu().numpy().astype(np.float32))
-        save_npy(os.path.join(out_dir, 'test_labels.npy'), np.asarray(labels, dtype=np.int64))
-        with open(os.path.join(out_dir, 'test_names.txt.tmp'), 'w') as f:
-            f.write(''.join(f'{name}\n' for name in names))
-        os.replace(os.path.join(out_dir, 'test_names.txt.tmp'), os.path.join(out_dir, 'test_names.txt'))
+        path = partial(os.path.join, out_dir)
+        atomic_write(path('test_logits.npy'), lambda f: np.save(f, logits.cpu().numpy().astype(np.float32)))
+        atomic_write(path('test_labels.npy'), lambda f: np.save(f, np.asarray(labels, dtype=np.int64)))
+        atomic_write(path('test_names.txt'), lambda f: f.write(''.join(f'{name}\n' for name in names)), 'w')
         run = os.path.basename(os.path.normpath(out_dir))
-        save_confusion(os.path.join(out_dir, 'confusion.png'), predictions.cpu().numpy(), np.asarray(labels), num_classes,
-                       settings.get('class_names'), f'{run}: top-1 {metrics["top1"]:.1f}% at epoch {epoch} '
-                       f'({len(labels)} test samples, chance {100 / num_classes:.1f}%)')
-        write_json(os.path.join(out_dir, 'result.json'), metrics)
+        pictures.save_confusion(path('confusion.png'), predictions.cpu().numpy(), np.asarray(labels), num_classes,
+                                settings.get('class_names'), f'{run}: top-1 {metrics["top1"]:.1f}% at epoch {epoch} '
+                                f'({len(labels)} test samples, chance {100 / num_classes:.1f}%)')
+        atomic_write(path('result.json'), lambda f: json.dump(metrics, f, indent=2), 'w')
         print(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
               f'(best {best["top1"]:.2f} at {best["epoch"]})')
+    record['test_top1'] = metrics['top1']
     return metrics
-
-
-def save_confusion(path, predictions, labels, num_classes, class_names=None, title=''):
-    """confusion.png: rows are the true classes, columns the predicted ones; each cell is shaded by
-    its share of the row (scale bar on the right) and shows its count of test samples when it fits."""
-    from PIL import Image, ImageDraw
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
-    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)                 # (C, C), rows sum to 1
-    names = [str(n) for n in class_names] if class_names else [f'class {k}' for k in range(num_classes)]
-    names = [n if len(n) <= 28 else n[:26] + '..' for n in names]
-    cell = min(48, max(12, 600 // num_classes))
-    size = max(9, min(13, cell - 3))
-    small = font(size)
-    label_width = max(text_width(n, small) for n in names) + 10
-    left, top, side = int(24 + label_width), 66, cell * num_classes
-    width = max(left + side + 90, 560, int(text_width(title, font(16))) + 16)
-    image = Image.new('RGB', (width, top + side + int(label_width) + 30), 'white')
-    draw = ImageDraw.Draw(image)
-    draw.text((8, 6), title, fill='black', font=font(16))
-    draw.text((8, 30), 'rows: true class, columns: predicted class; shade: share of the row; '
-              'numbers: test samples', fill=(90, 90, 90), font=font(11))
-    for i in range(num_classes):
-        draw.text((left - 5, top + i * cell + cell / 2), names[i], fill='black', font=small, anchor='rm')
-        for j in range(num_classes):
-            x, y = left + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade(share[i, j]))
-            if counts[i, j] and cell >= 20:
-                draw.text((x + cell / 2, y + cell / 2), str(counts[i, j]), font=small, anchor='mm',
-                          fill='white' if share[i, j] > 0.5 else 'black')
-    draw.rectangle([left - 1, top - 1, left + side, top + side], outline='black')
-    image.paste(rotated_text(names, label_width, cell, size), (left, top + side + 2))
-    draw.text((left + side / 2, top + side + label_width + 14), 'predicted class', fill='black', font=font(13),
-              anchor='mm')
-    axis_label = rotated_text(['true class'], 90, 18, 13, anchor='mm')
-    image.paste(axis_label, (2, top + side // 2 - 45))
-    bar_x = left + side + 18                                                      # scale bar: 100% at the top
-    for y in range(side):
-        draw.line([bar_x, top + y, bar_x + 14, top + y], fill=shade(1 - y / max(side - 1, 1)))
-    draw.rectangle([bar_x - 1, top - 1, bar_x + 15, top + side], outline='black')
-    for value in (0, 0.5, 1):
-        y = top + (1 - value) * (side - 1)
-        draw.line([bar_x + 15, y, bar_x + 19, y], fill='black')
-        draw.text((bar_x + 22, y), f'{value:.0%}', fill='black', font=font(11), anchor='lm')
-    draw.text((bar_x - 12, top - 8), 'share of row', fill='black', font=font(11), anchor='ls')
-    save_png(image, path)
-
-
-def save_npy(path, array):
-    np.save(path + '.tmp.npy', array)
-    os.replace(path + '.tmp.npy', path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -940,114 +939,3 @@ def format_duration(seconds):
     if seconds < 3600:
         return f'{seconds // 60}m{seconds % 60:02d}s'
     return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-
-
-# ----------------------------------------------------------------------------------------------
-# Pictures (Pillow): confusion matrix, training curves
-
-def font(size=12):
-    """Pillow's built-in font at `size` pixels (one fixed size before Pillow 10.1)."""
-    from PIL import ImageFont
-    try:
-        return ImageFont.load_default(size)
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def text_width(text, text_font):
-    """Width in pixels of one line of text in that font."""
-    from PIL import Image, ImageDraw
-    return ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(text, font=text_font)
-
-
-def shade(value):
-    """0 -> white, 1 -> dark blue, linear in between (RGB tuple)."""
-    return tuple(int(round(255 + (dark - 255) * float(value))) for dark in (8, 48, 107))
-
-
-def rotated_text(lines, width, pitch, size, anchor='rm'):
-    """An image of `lines` written across (each at the middle of its `pitch`-pixel row, aligned by
-    anchor, in a strip `width` wide), turned 90 degrees to read bottom to top: column labels."""
-    from PIL import Image, ImageDraw
-    strip = Image.new('RGB', (int(width), pitch * len(lines)), 'white')
-    draw = ImageDraw.Draw(strip)
-    x, text_font = (width - 4 if anchor == 'rm' else width / 2), font(size)
-    for i, line in enumerate(lines):
-        draw.text((x, i * pitch + pitch / 2), line, fill='black', font=text_font, anchor=anchor)
-    return strip.rotate(90, expand=True)
-
-
-def save_png(image, path):
-    """Write a Pillow image atomically."""
-    image.save(path + '.tmp.png')
-    os.replace(path + '.tmp.png', path)
-
-
-def nice_ticks(low, high, count=5, integer=False):
-    """Round tick values 1, 2 or 5 x 10^k apart, about `count` of them, from at or below `low` to at
-    or above `high` (integers only with integer=True: epochs)."""
-    if high <= low:
-        low, high = low - 1, high + 1
-    raw = (high - low) / count
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
-    step = max(step, 1) if integer else step
-    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
-    return [round(k * step, 10) for k in range(first, last + 1)]
-
-
-def draw_panel(draw, box, title, series, x_range, y_range=None, chance=None):
-    """One line chart in box (x0, y0, x1, y1): series [(x, y), ...] against epoch, with axes, ticks
-    and tick labels; y_range fixes the y axis; chance draws a dashed line labelled 'chance'."""
-    x0, y0, x1, y1 = box
-    px0, py0, px1, py1 = x0 + 58, y0 + 28, x1 - 12, y1 - 42                     # the plot area
-    ys = [y for _, y in series]
-    xticks = nice_ticks(*x_range, 6, integer=True)
-    yticks = nice_ticks(*(y_range or (min(ys), max(ys))), 5)
-    x_of = lambda x: px0 + (x - xticks[0]) / (xticks[-1] - xticks[0]) * (px1 - px0)
-    y_of = lambda y: py1 - (y - yticks[0]) / (yticks[-1] - yticks[0]) * (py1 - py0)
-    draw.text(((x0 + x1) / 2, y0 + 6), title, fill='black', font=font(14), anchor='mt')
-    for y in yticks:
-        draw.line([px0, y_of(y), px1, y_of(y)], fill=(225, 225, 225))
-        draw.text((px0 - 6, y_of(y)), f'{y:g}', fill='black', font=font(11), anchor='rm')
-    for x in xticks:
-        draw.line([x_of(x), py1, x_of(x), py1 + 4], fill='black')
-        draw.text((x_of(x), py1 + 7), f'{x:g}', fill='black', font=font(11), anchor='mt')
-    draw.line([px0, py0, px0, py1, px1, py1], fill='black')
-    draw.text(((px0 + px1) / 2, y1 - 8), 'epoch', fill='black', font=font(12), anchor='mb')
-    if chance is not None:
-        for x in range(int(px0), int(px1), 10):
-            draw.line([x, y_of(chance), min(x + 5, px1), y_of(chance)], fill=(200, 60, 60))
-        draw.text((px1 - 2, y_of(chance) - 2), 'chance', fill=(200, 60, 60), font=font(11), anchor='rb')
-    points = [(x_of(x), y_of(y)) for x, y in series]
-    if len(points) > 1:
-        draw.line(points, fill=(31, 90, 170), width=2)
-    if len(points) <= 40:
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(31, 90, 170))
-
-
-def save_curves(out_dir, what=None, chance=None):
-    """curves.png beside log.jsonl: the training loss per epoch and, where the run evaluated, test
-    top-1 (%) per epoch with the chance level; titled with the run folder's name and `what`."""
-    from PIL import Image, ImageDraw
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    loss = [(r['epoch'], r['loss']) for r in records if math.isfinite(r['loss'])]
-    panels = [('training loss (epoch mean)', loss, None, None)]
-    top1 = [(r['epoch'], r['test_top1']) for r in records if 'test_top1' in r]
-    if top1:
-        panels.append(('test top-1 (%)', top1, (0, 100), chance))
-    panels = [panel for panel in panels if panel[1]]
-    if not panels:
-        return
-    width, height = 460, 320
-    image = Image.new('RGB', (width * len(panels), height + 30), 'white')
-    draw = ImageDraw.Draw(image)
-    run = os.path.basename(os.path.normpath(out_dir))
-    draw.text((10, 8), f'{run}: {what}' if what else run, fill='black', font=font(15))
-    epochs = [r['epoch'] for r in records]
-    for k, (name, series, y_range, line) in enumerate(panels):
-        draw_panel(draw, (k * width, 30, (k + 1) * width, 30 + height), name, series, (min(epochs), max(epochs)),
-                   y_range, line)
-    save_png(image, os.path.join(out_dir, 'curves.png'))

@@ -28,7 +28,6 @@ in MAE/BEiT fine-tuning) or --head mlp (4.4 says "an MLP head": Linear-GELU-Line
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -134,8 +133,8 @@ def main(args):
         if args.label_fraction:
             subset = label_subset(train_labels, args.label_fraction, args.seed)
             if rank == 0:
-                with open(os.path.join(out_dir, 'train_subset.txt'), 'w') as f:
-                    f.write(''.join(f'{train_names[i]}\n' for i in subset))
+                common.atomic_write(os.path.join(out_dir, 'train_subset.txt'),
+                                    lambda f: f.write(''.join(f'{train_names[i]}\n' for i in subset)), 'w')
             say(f'semi-supervised: {len(subset)} of {len(train_labels)} train samples ({args.label_fraction:g} per class)')
         train_set = common.S2IDataset([train_path], [train_labels], subset=subset)
         test_set = common.S2IDataset([test_path], [test_labels])
@@ -156,27 +155,30 @@ def main(args):
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=common.use_bf16(args, device))
 
     # ---- resume
-    start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
-    path = common.resume_path(args.resume, out_dir)
-    if path:
-        state = common.restore_checkpoint(path, model, optimizer, 'finetune')
-        start_epoch, best = state['epoch'] + 1, state['best']
-        say(f'resumed from {path} at epoch {start_epoch}')
-    if rank == 0:
-        common.restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)
+    start_epoch, best = common.resume_classifier(args, out_dir, model, optimizer, 'finetune', rank, say)
 
-    # ---- loop: step `it` draws its augmentation and drop path for the global batch from a seed of
-    # (--seed, it) alone: a resumed run repeats the uninterrupted one exactly, N processes repeat one
+    # ---- loop: the loss of one step here; the epoch (common.train_one_epoch), evaluation and result files
+    def step_loss(it, batch):
+        """Step `it`'s loss on this rank's rows of the global batch, whose augmentation and drop path are
+        drawn from a seed of (--seed, it) alone: a resumed run repeats the uninterrupted one exactly, N
+        processes repeat one."""
+        with common.seeded(common.step_seed(args.seed, it), device):
+            images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
+                                                       args, planar)
+            with torch.autocast(**amp):
+                outputs = forward(images)                                # (B, C) logits or (B, D) embeddings
+        if oneshot:
+            loss = supcon_loss(*gather_global(F.normalize(outputs.float(), dim=1), labels), args.temperature)
+        else:
+            loss = F.cross_entropy(outputs.float(), labels)
+        return loss, len(labels) * world                                 # and the images of the global batch
+
     steps_per_epoch = len(train_loader) if not oneshot else len(pair_order(train_set.labels[train_set.subset], args.seed, 0, rank, world, batch_per_rank)) // batch_per_rank
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
     say(f'finetune {args.data}/{args.protocol}/{args.modality} ({method}): {len(train_set)} train, '
         f'{len(test_labels)} test, {num_classes} classes, lr {lr:g}, batch {args.batch_size} ({world} x {batch_per_rank}), {out_dir}')
     metrics = None
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
     for epoch in range(start_epoch, last_epoch):
-        model.train()
-        epoch_start = time.time()
-        loss_sum, seen = torch.zeros((), device=device), 0
         if oneshot:   # batches of same-class pairs, so every anchor has a positive (MotionBERT A.1)
             order = pair_order(train_set.labels[train_set.subset], args.seed, epoch, rank, world, batch_per_rank)
             batches = torch.utils.data.DataLoader(train_set, batch_size=batch_per_rank, sampler=order, drop_last=True,
@@ -184,29 +186,8 @@ def main(args):
         else:
             train_sampler.set_epoch(epoch)
             batches = train_loader
-        shown = common.progress(batches, f'epoch {epoch}', steps_per_epoch, args.batch_size, args.print_every,
-                                lambda: f'loss {loss.item():.4f} lr {lr_now(optimizer):.4g}',
-                                run=(epoch * steps_per_epoch, args.epochs * steps_per_epoch))
-        for step, batch in enumerate(shown):
-            it = epoch * steps_per_epoch + step
-            common.set_lr(optimizer, common.lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
-            with common.seeded(common.step_seed(args.seed, it), device):
-                images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
-                                                           args, planar)
-                with torch.autocast(**amp):
-                    outputs = forward(images)                            # (B, C) logits or (B, D) embeddings
-            if oneshot:
-                loss = supcon_loss(*gather_global(F.normalize(outputs.float(), dim=1), labels), args.temperature)
-            else:
-                loss = F.cross_entropy(outputs.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            seen += len(labels)
-        record = common.epoch_record(epoch, loss_sum, step + 1, lr_now(optimizer), seen * world, epoch_start)
-        last = epoch == args.epochs - 1
-        if (epoch + 1) % args.eval_every == 0 or last:
+        record = common.train_one_epoch(model, batches, step_loss, optimizer, epoch, steps_per_epoch, lr, args, device)
+        if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
             model.eval()
             with torch.autocast(**amp):
                 outputs = common.evaluate(model, test_loader, len(test_set), device, mean, std, args, planar)
@@ -220,17 +201,10 @@ def main(args):
                                 exemplar_source=exemplar_source)
             else:
                 logits = outputs                                         # (N, C)
-            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args, settings)
-            record['test_top1'] = metrics['top1']
-        if rank == 0:
-            common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
-            if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
-                common.save_checkpoint(out_dir, model, optimizer, epoch, args, 'finetune', best=best)
-                common.save_curves(out_dir, f'fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}',
-                                   100 / num_classes)
-    if start_epoch >= last_epoch:
-        say(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
-    common.cleanup_distributed()
+            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, record, best, args, settings)
+        common.end_epoch(out_dir, rank, record, model, optimizer, args, 'finetune', last_epoch, best,
+                         (f'fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}', 100 / num_classes))
+    common.finish(start_epoch, last_epoch, say)
     return metrics
 
 
@@ -238,11 +212,6 @@ def class_names(meta, labels):
     """Names of these encoded labels for confusion.png: meta.json's class_names, else 'class k'."""
     names = meta.get('class_names')
     return [names[k] if names else f'class {k}' for k in labels]
-
-
-def lr_now(optimizer):
-    """The unscaled schedule value (the group whose lr_scale is 1: the head)."""
-    return max(group['lr'] for group in optimizer.param_groups)
 
 
 def build_model(args, img_size, num_classes):

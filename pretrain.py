@@ -25,10 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 
 import common
+import pictures
 
 
 def get_args(argv=None):
@@ -92,17 +94,13 @@ def get_args(argv=None):
 
 def patchify(images, patch):
     """(N, 3, H, W) -> (N, L, patch*patch*3), MAE's pixel order (p, q, c)."""
-    n, c, h, w = images.shape
-    x = images.reshape(n, c, h // patch, patch, w // patch, patch)
-    return torch.einsum('nchpwq->nhwpqc', x).reshape(n, (h // patch) * (w // patch), patch * patch * c)
+    return rearrange(images, 'n c (h p) (w q) -> n (h w) (p q c)', p=patch, q=patch)
 
 
 def unpatchify(patches, patch, channels=3):
     """(N, L, patch*patch*3) -> (N, 3, H, W)."""
-    n, length, _ = patches.shape
-    grid = math.isqrt(length)
-    x = patches.reshape(n, grid, grid, patch, patch, channels)
-    return torch.einsum('nhwpqc->nchpwq', x).reshape(n, channels, grid * patch, grid * patch)
+    grid = math.isqrt(patches.shape[1])
+    return rearrange(patches, 'n (h w) (p q c) -> n c (h p) (w q)', h=grid, p=patch, q=patch, c=channels)
 
 
 def num_masked(kind, grid, ratio):
@@ -173,8 +171,8 @@ def make_masks(kind, n, grid, ratio, rows, device):
         line_mask = torch.zeros(len(chosen), grid, dtype=torch.bool, device=device)
         line_mask.scatter_(1, chosen, True)                           # (n_rows, grid)
         if kind == 'joint':                                           # mask[row, col] = line_mask[col]
-            return line_mask[:, None, :].expand(-1, grid, -1).reshape(-1, length)
-        return line_mask[:, :, None].expand(-1, -1, grid).reshape(-1, length)
+            return repeat(line_mask, 'n col -> n (row col)', row=grid)
+        return repeat(line_mask, 'n row -> n (row col)', col=grid)
     seeds = torch.randint(0, 2 ** 62, (n,))[rows].tolist()          # block: one stream per sample
     masks = [block_mask(grid, count, random.Random(seed)) for seed in seeds]
     return torch.from_numpy(np.stack(masks)).to(device)
@@ -316,11 +314,10 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, context):
-        n, lq, dim = x.shape
-        q = self.q(x).reshape(n, lq, self.heads, dim // self.heads).transpose(1, 2)          # (N, h, Lq, d)
-        k, v = self.kv(context).reshape(n, context.shape[1], 2, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q = rearrange(self.q(x), 'n l (h d) -> n h l d', h=self.heads)                         # (N, h, Lq, d)
+        k, v = rearrange(self.kv(context), 'n l (two h d) -> two n h l d', two=2, h=self.heads)  # (N, h, Lc, d) each
         x = F.scaled_dot_product_attention(q, k, v)                                        # (N, h, Lq, d)
-        return self.proj(x.transpose(1, 2).reshape(n, lq, dim))
+        return self.proj(rearrange(x, 'n h l d -> n l (h d)'))
 
 
 def cross_sources(encoder_depth, decoder_depth, cross_features):
@@ -443,6 +440,13 @@ def init_encoder(encoder, init, model, log=print):
         encoder.pos_embed.copy_(common.sincos_pos_embed(encoder.embed_dim, grid, cls_token=True))
 
 
+def save_encoder(path, encoder, meta):
+    """encoder.pth: the encoder alone, timm key names, loadable with strict=True (num_classes=0)."""
+    state = {k: v.detach().cpu() for k, v in common.unwrap(encoder).state_dict().items()
+             if not k.startswith(('head.', 'fc_norm.'))}
+    common.atomic_write(path, partial(torch.save, {'model': state, 'meta': meta}))
+
+
 # ----------------------------------------------------------------------------------------------
 # One micro-batch: this rank's rows of the global micro-batch's random draws
 
@@ -492,12 +496,12 @@ def save_vis(path, model, raw_images, norm, args, device, epoch=None, names=None
         pixels = ((column - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
         pixels = torch.where(column.isnan(), torch.full_like(pixels, 0.5), pixels)
         tiles.append(pixels)
-    grid = torch.stack(tiles, dim=1)                                              # (K, 3 columns, 3, S, S)
-    grid = (grid.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)   # (K, 3, S, S, RGB)
+    grid = rearrange(torch.stack(tiles, dim=1), 'k col c h w -> k col h w c')    # (K, 3 columns, S, S, RGB)
+    grid = (grid.cpu().numpy() * 255).round().astype(np.uint8)
     masked = num_masked(args.mask, model.grid, args.mask_ratio)
     run = os.path.basename(os.path.dirname(os.path.abspath(path)))
     title = f'{run}: epoch {epoch} ({args.method}, {args.mask} masking, {masked} of {model.grid ** 2} patches grey)'
-    common.save_png(titled_grid(grid, ['input', 'masked', 'reconstruction'], names or [], title), path)
+    pictures.save_png(pictures.titled_grid(grid, ['input', 'masked', 'reconstruction'], names or [], title), path)
 
 
 def spread_over_classes(labels, k):
@@ -507,31 +511,6 @@ def spread_over_classes(labels, k):
     for c in np.unique(labels):
         rank[labels == c] = np.arange((labels == c).sum())
     return np.lexsort((labels, rank))[:k]
-
-
-def titled_grid(tiles, column_titles, row_titles, title):
-    """A Pillow image of tiles (rows, columns, S, S, 3) uint8, enlarged to at least 128 pixels, with a
-    title, a title over each column and a name left of each row."""
-    from PIL import Image, ImageDraw
-    rows, columns, s = tiles.shape[:3]
-    zoom, gap, top = max(1, 128 // s), 6, 60
-    side = s * zoom
-    left = 8 + max([int(common.text_width(t, common.font(12))) + 8 for t in row_titles] + [0])
-    width = max(left + columns * (side + gap), int(common.text_width(title, common.font(15))) + 16)
-    image = Image.new('RGB', (width, top + rows * (side + gap)), 'white')
-    draw = ImageDraw.Draw(image)
-    draw.text((8, 6), title, fill='black', font=common.font(15))
-    draw.text((8, 24), 'each image: time down, joints across, x y z as R G B', fill=(90, 90, 90), font=common.font(11))
-    for c, name in enumerate(column_titles):
-        draw.text((left + c * (side + gap) + side / 2, top - 6), name, fill='black', font=common.font(12), anchor='mb')
-    for r in range(rows):
-        y = top + r * (side + gap)
-        if r < len(row_titles):
-            draw.text((left - 8, y + side / 2), row_titles[r], fill='black', font=common.font(12), anchor='rm')
-        for c in range(columns):
-            tile = Image.fromarray(tiles[r, c]).resize((side, side), Image.NEAREST)
-            image.paste(tile, (left + c * (side + gap), y))
-    return image
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,10 +600,10 @@ def main(args):
         if rank != 0:
             return
         common.save_checkpoint(out_dir, model, optimizer, epoch, args, 'pretrain', step=step)
-        common.save_encoder(os.path.join(out_dir, 'encoder.pth'), bare.encoder,
-                            {'model': args.model, 'size': size, 'method': args.method, 'data': args.data,
-                             'protocol': ','.join(protocols), 'modality': args.modality, 'epoch': epoch})
-        common.save_curves(out_dir, f'{args.method} pretraining, {args.data}/{args.protocol}/{args.modality}')
+        save_encoder(os.path.join(out_dir, 'encoder.pth'), bare.encoder,
+                     {'model': args.model, 'size': size, 'method': args.method, 'data': args.data,
+                      'protocol': ','.join(protocols), 'modality': args.modality, 'epoch': epoch})
+        pictures.save_curves(out_dir, f'{args.method} pretraining, {args.data}/{args.protocol}/{args.modality}')
         if args.vis:
             save_vis(os.path.join(out_dir, f'vis_{epoch:04d}.png'), bare, vis_images, norm, args, device, epoch, vis_names)
 
@@ -674,9 +653,7 @@ def main(args):
             log(f'epoch {epoch}: loss {epoch_loss.item():.4f} ({elapsed:.1f}s)')
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
             save(epoch + 1)
-    if start_epoch >= last_epoch:
-        log(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
-    common.cleanup_distributed()
+    common.finish(start_epoch, last_epoch, log)
 
 
 if __name__ == '__main__':

@@ -11,12 +11,11 @@ linear-probe head), trained with SGD + Nesterov momentum, warmup then per-iterat
 Learning rate: --lr is the absolute learning rate at the global batch size (4.2: "an initial
 learning rate of 0.2" at batch 128). --blr instead scales with the batch: lr = blr * batch / 256.
 
-Run directory (README.md): checkpoint.pth, log.jsonl, result.json, test_logits.npy, test_labels.npy,
-test_names.txt, confusion.png, curves.png; the reporting helpers (evaluation in dataset order, result
-files, pictures) are common.py's, shared with finetune.py.
+Run directory (README.md, "What a run writes"): checkpoint.pth, log.jsonl, result.json, test_logits.npy, test_labels.npy,
+test_names.txt, confusion.png, curves.png; the epoch loop, the evaluation in dataset order and the
+result files are common.py's, shared with finetune.py, and the pictures pictures.py's.
 """
 import argparse
-import os
 import sys
 import time
 
@@ -116,70 +115,45 @@ def main(args):
         steps_per_epoch = len(train_loader)
 
     # ---- resume
-    start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
-    path = common.resume_path(args.resume, out_dir)
-    if path:
-        state = common.restore_checkpoint(path, head, optimizer, 'probe')
-        start_epoch, best = state['epoch'] + 1, state['best']
-        say(f'resumed from {path} at epoch {start_epoch}')
-    if rank == 0:
-        common.restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)
+    start_epoch, best = common.resume_classifier(args, out_dir, head, optimizer, 'probe', rank, say)
 
-    # ---- loop: the augmentation of step `it` is drawn from a seed of (--seed, it) alone (resume-exact)
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    # ---- loop: the loss of one step here; the epoch (common.train_one_epoch), evaluation and result files
+    def step_loss(it, batch):
+        """Step `it`'s loss on the global batch's features: the augmentation is drawn from a seed of
+        (--seed, it) alone (resume-exact), or the cached features are taken as they are."""
+        if cache is None:
+            with common.seeded(common.step_seed(args.seed, it), device):
+                images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
+                                                           args, planar)
+            features, labels = gather_rows(extract(images)), gather_rows(labels)   # (B, D), (B,): global batch
+        else:
+            features, labels = batch
+        return F.cross_entropy(head(features), labels), len(labels)
+
     say(f'probe {args.data}/{args.protocol}/{args.modality}: {len(train_labels)} train, {len(test_labels)} test, '
         f'{num_classes} classes, lr {lr:g}, batch {args.batch_size} ({world} x {batch_per_rank}), {out_dir}')
     metrics = None
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
     for epoch in range(start_epoch, last_epoch):
-        head.train()
-        epoch_start = time.time()
-        loss_sum, seen = torch.zeros((), device=device), 0
         if cache is None:
             train_sampler.set_epoch(epoch)
             batches = train_loader
         else:
             batches = cached_batches(cache, epoch, args.seed, args.batch_size, steps_per_epoch)
-        shown = common.progress(batches, f'epoch {epoch}', steps_per_epoch, args.batch_size, args.print_every,
-                                lambda: f'loss {loss.item():.4f} lr {optimizer.param_groups[0]["lr"]:.4g}',
-                                run=(epoch * steps_per_epoch, args.epochs * steps_per_epoch))
-        for step, batch in enumerate(shown):
-            it = epoch * steps_per_epoch + step
-            common.set_lr(optimizer, common.lr_at(it, total_steps, warmup_steps, lr, args.min_lr))
-            if cache is None:
-                with common.seeded(common.step_seed(args.seed, it), device):
-                    images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
-                                                               args, planar)
-                features, labels = gather_rows(extract(images)), gather_rows(labels)   # (B, D), (B,): global batch
-            else:
-                features, labels = batch
-            loss = F.cross_entropy(head(features), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            seen += len(labels)
-        record = common.epoch_record(epoch, loss_sum, step + 1, optimizer.param_groups[0]['lr'], seen, epoch_start)
-        last = epoch == args.epochs - 1
-        if (epoch + 1) % args.eval_every == 0 or last:
+        record = common.train_one_epoch(head, batches, step_loss, optimizer, epoch, steps_per_epoch, lr, args, device)
+        if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
             head.eval()
             if cache is None:
                 logits = common.evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args, planar)
             else:
                 with torch.no_grad():
                     logits = head(cache['test']).float()                   # (N, C)
-            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, epoch, best, args,
+            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, record, best, args,
                              settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
                                        'class_names': meta.get('class_names')})
-            record['test_top1'] = metrics['top1']
-        if rank == 0:
-            common.log_jsonl(os.path.join(out_dir, 'log.jsonl'), record)
-            if (epoch + 1) % args.save_every == 0 or epoch + 1 == last_epoch:
-                common.save_checkpoint(out_dir, head, optimizer, epoch, args, 'probe', best=best)
-                common.save_curves(out_dir, f'linear probe, {args.data}/{args.protocol}/{args.modality}', 100 / num_classes)
-    if start_epoch >= last_epoch:
-        say(f'nothing to do: the checkpoint is at epoch {start_epoch} of {last_epoch}')
-    common.cleanup_distributed()
+        common.end_epoch(out_dir, rank, record, head, optimizer, args, 'probe', last_epoch, best,
+                         (f'linear probe, {args.data}/{args.protocol}/{args.modality}', 100 / num_classes))
+    common.finish(start_epoch, last_epoch, say)
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""Encoded datasets written straight in the layout encode.py writes (README.md), for the training-stage tests.
+"""Encoded datasets written straight in the layout encode.py writes (docs/DATA.md), for the training-stage tests.
 
 Each class is a different smooth pattern over (time, joint), so a tiny ViT separates them quickly.
 """
@@ -14,6 +14,12 @@ def real_data(*parts):
     root = os.environ.get('S2I_DATA')
     path = os.path.join(root, *parts) if root else None
     return path if path and os.path.exists(path) else None
+
+
+def stage_args(data_root, *extra):
+    """The command line the training-stage tests start from: the synthetic dataset encoded under
+    data_root, the tiny ViT, no loader processes; `extra` follows (a flag given again there wins)."""
+    return ['--data', 'synthetic', '--data-root', str(data_root), '--model', 'vit_test', '--num-workers', '0', *extra]
 
 
 def easy_images(labels, size, seed):

@@ -1,6 +1,8 @@
 """common.py: the reader, augmentation, schedule, optimiser groups and metrics the stages share."""
 import argparse
+import errno
 import math
+import os
 import time
 
 import numpy as np
@@ -177,6 +179,22 @@ def test_adamw_is_fused_on_the_cpu_and_steps_like_the_plain_one():
     assert (fused_model.weight - initial).abs().min() > 0.1          # every weight moved (3 steps of lr 0.1)
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_atomic_write_keeps_the_previous_file_when_the_disk_is_full(tmp_path):
+    """Every final file goes through atomic_write: a write that fails (here ENOSPC half way) ends the
+    run with one line, and leaves the previous file as it was and no temporary file."""
+    path = tmp_path / 'result.json'
+    common.atomic_write(str(path), lambda f: f.write('{"top1": 50.0}'), 'w')
+
+    def full(f):
+        f.write('{"top1": 7')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    with pytest.raises(SystemExit) as end:
+        common.atomic_write(str(path), full, 'w')
+    assert str(end.value) == f'{path}: no space left on device while writing it; the previous result.json is intact'
+    assert path.read_text() == '{"top1": 50.0}' and os.listdir(tmp_path) == ['result.json']
 
 
 def test_restart_log_keeps_epochs_before_the_checkpoint_and_drops_a_cut_line(tmp_path):

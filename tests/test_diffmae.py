@@ -1,8 +1,5 @@
 """DiffMAE's decoder reads the encoder top-down (Wei et al. 2023, Fig. 3): decoder block j cross-attends
 to encoder block depth-1-j; '--cross-features last' gives every block the last encoder output."""
-import os
-import sys
-
 import torch
 
 import common

@@ -19,17 +19,16 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-from fixtures import write_encoded
+from fixtures import stage_args, write_encoded
 
 torch.set_num_threads(1)
 
-PRETRAIN = ['pretrain.py', '--data', 'synthetic', '--data-root', '{data}', '--model', 'vit_test', '--init', 'none',
-            '--num-workers', '0', '--batch-size', '16', '--decoder-dim', '32', '--decoder-depth', '1',
-            '--decoder-heads', '2', '--epochs', '1', '--print-every', '0', '--output-dir', '{out}']
-PROBE = ['probe.py', '--data', 'synthetic', '--data-root', '{data}', '--model', 'vit_test', '--init', '{files}/encoder.pth',
-         '--num-workers', '0', '--batch-size', '16', '--epochs', '1', '--output-dir', '{out}']
-FINETUNE = ['finetune.py', '--data', 'synthetic', '--data-root', '{data}', '--model', 'vit_test', '--init', 'none',
-            '--num-workers', '0', '--batch-size', '16', '--epochs', '1', '--output-dir', '{out}']
+PRETRAIN = ['pretrain.py', *stage_args('{data}', '--init', 'none', '--batch-size', '16', '--decoder-dim', '32',
+                                       '--decoder-depth', '1', '--decoder-heads', '2', '--epochs', '1', '--print-every', '0',
+                                       '--output-dir', '{out}')]
+PROBE = ['probe.py', *stage_args('{data}', '--init', '{files}/encoder.pth', '--batch-size', '16', '--epochs', '1',
+                                 '--output-dir', '{out}')]
+FINETUNE = ['finetune.py', *stage_args('{data}', '--init', 'none', '--batch-size', '16', '--epochs', '1', '--output-dir', '{out}')]
 ENSEMBLE = ['ensemble.py', '--output', '{out}/ensemble.json']
 NOT_WRITABLE = '/sys/s2i_run' if os.geteuid() == 0 else '{files}/read_only/run'   # root ignores permissions
 
@@ -96,9 +95,8 @@ def make_files(files, data):
     import common
     import finetune
     import pretrain
-    common.save_encoder(f'{files}/encoder.pth', common.build_encoder('vit_test', img_size=32), {})
-    quiet = ['--data-root', data, '--model', 'vit_test', '--init', 'none', '--num-workers', '0', '--batch-size', '16',
-             '--epochs', '1', '--print-every', '0']
+    pretrain.save_encoder(f'{files}/encoder.pth', common.build_encoder('vit_test', img_size=32), {})
+    quiet = stage_args(data, '--init', 'none', '--batch-size', '16', '--epochs', '1', '--print-every', '0')
     pretrain.main(pretrain.get_args(quiet + ['--decoder-dim', '32', '--decoder-depth', '1', '--decoder-heads', '2',
                                              '--output-dir', f'{files}/pretrain_run']))
     finetune.main(finetune.get_args(quiet + ['--output-dir', f'{files}/finetune_run']))
@@ -171,8 +169,8 @@ def test_disk_full_while_checkpointing(tmp_path):
     previous checkpoint stays intact and loadable. A real full disk (a small tmpfs) when this runs
     as root and may mount; otherwise torch.save's file write raises ENOSPC."""
     write_encoded(str(tmp_path / 'data'), num_classes=4)
-    argv = ['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none', '--num-workers', '0',
-            '--batch-size', '16', '--print-every', '0', '--save-every', '1', '--epochs', '1']
+    argv = stage_args(tmp_path / 'data', '--init', 'none', '--batch-size', '16', '--print-every', '0', '--save-every', '1',
+                      '--epochs', '1')
     import finetune
     finetune.main(finetune.get_args(argv + ['--output-dir', str(tmp_path / 'sizes')]))
     sizes = {name: os.path.getsize(tmp_path / 'sizes' / name) for name in os.listdir(tmp_path / 'sizes')}

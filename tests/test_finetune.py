@@ -13,15 +13,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 import common
 import finetune
-from fixtures import write_encoded
+import pretrain
+from fixtures import stage_args, write_encoded
 
 torch.set_num_threads(1)
 
 
 def make_args(tmp_path, *extra):
-    return finetune.get_args(['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none',
-                              '--output-dir', str(tmp_path / 'run'), '--num-workers', '0', '--batch-size', '16',
-                              '--warmup-epochs', '1', '--lr', '3e-3', '--print-every', '1000', *extra])
+    return finetune.get_args(train_args(tmp_path, '--output-dir', str(tmp_path / 'run'), '--print-every', '1000', *extra))
+
+
+def train_args(tmp_path, *extra):
+    """The tiny fine-tuning run of these tests on tmp_path/data."""
+    return stage_args(tmp_path / 'data', '--init', 'none', '--batch-size', '16', '--warmup-epochs', '1', '--lr', '3e-3',
+                      *extra)
 
 
 @pytest.mark.parametrize('model,head', [('vit_test', 'linear'), ('vit_test', 'mlp'), ('vit_base_patch16', 'linear')])
@@ -187,7 +192,7 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, protocol):
     write_encoded(str(tmp_path / 'data'), num_classes=4)
     write_encoded(str(tmp_path / 'data'), data='ntu120', num_classes=12, train_per_class=6, test_per_class=4)
     torch.manual_seed(5)
-    common.save_encoder(str(tmp_path / 'other.pth'), common.build_encoder('vit_test', img_size=64), {})
+    pretrain.save_encoder(str(tmp_path / 'other.pth'), common.build_encoder('vit_test', img_size=64), {})
     flags = [str(tmp_path / 'other.pth') if f == 'TRANSFER' else f for f in PROTOCOLS[protocol]]
     flags += ['--epochs', '4', '--eval-every', '3', '--save-every', '1']
     finetune.main(make_args(tmp_path, *flags, '--output-dir', str(tmp_path / 'straight')))
@@ -208,9 +213,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     """SIGKILL twice mid-epoch (a step line printed), --resume auto each time: the same logits as one run."""
     from killing import run_with_kills
     write_encoded(str(tmp_path / 'data'), num_classes=4)
-    argv = ['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none', '--num-workers', '0',
-            '--batch-size', '16', '--warmup-epochs', '1', '--lr', '3e-3', '--epochs', '5', '--save-every', '1',
-            '--print-every', '1']
+    argv = train_args(tmp_path, '--epochs', '5', '--save-every', '1', '--print-every', '1')
     finetune.main(finetune.get_args(argv + ['--output-dir', str(tmp_path / 'straight')]))
     run_with_kills(os.path.join(ROOT, 'finetune.py'), argv + ['--output-dir', str(tmp_path / 'killed')], [6, 3])
     assert [r['epoch'] for r in read_log(tmp_path / 'killed')] == list(range(5))
@@ -224,9 +227,7 @@ def test_two_processes_match_one(tmp_path, protocol):
     contrastive loss is taken over the gathered global batch of pairs."""
     data = ['--data', 'ntu120', '--protocol', 'oneshot'] if protocol == 'oneshot' else []
     write_encoded(str(tmp_path / 'data'), num_classes=12 if data else 4, **(dict(data='ntu120', train_per_class=6, test_per_class=4) if data else {}))
-    argv = ['--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', 'none', '--num-workers', '0',
-            '--batch-size', '16', '--warmup-epochs', '1', '--lr', '3e-3', '--epochs', '2', '--drop-path', '0.1',
-            '--print-every', '0', *data]
+    argv = train_args(tmp_path, '--epochs', '2', '--drop-path', '0.1', '--print-every', '0', *data)
     finetune.main(finetune.get_args(argv + ['--output-dir', str(tmp_path / 'one')]))
     run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                           os.path.join(ROOT, 'finetune.py'), *argv, '--output-dir', str(tmp_path / 'two')],

@@ -1,33 +1,35 @@
 """The pictures: confusion.png, curves.png, pretrain's --vis panels and encode.py's preview grid.
 
 Each test reads pixels back at places computed by hand from the layout, so a picture that lost its
-shading, its tiles or its order fails; the text itself was checked by eye (README, Pictures).
+shading, its tiles or its order fails; the text itself was checked by eye (docs/USAGE.md, Pictures).
 """
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 
-import common
 import encode
+import pictures
 import pretrain
 
-BLUE = common.shade(1)
+BLUE = pictures.shade(1)
 
 
 def test_shade_runs_from_white_to_dark_blue():
-    assert common.shade(0) == (255, 255, 255)
-    assert common.shade(1) == (8, 48, 107)
-    assert common.shade(0.5) == (132, 152, 181)          # (255 + 8) / 2 = 131.5 -> 132, ...
+    assert pictures.shade(0) == (255, 255, 255)
+    assert pictures.shade(1) == (8, 48, 107)
+    assert pictures.shade(0.5) == (132, 152, 181)          # (255 + 8) / 2 = 131.5 -> 132, ...
 
 
 def test_nice_ticks():
-    assert common.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert common.nice_ticks(0.37, 2.9) == [0, 1, 2, 3]            # 2.53 / 5 = 0.51 -> step 1
-    assert common.nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
-    assert common.nice_ticks(0, 3, 6, integer=True) == [0, 1, 2, 3]   # never a half epoch
-    assert common.nice_ticks(5, 5, integer=True) == [4, 5, 6]       # one point: a range around it
+    assert pictures.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert pictures.nice_ticks(0.37, 2.9) == [0, 1, 2, 3]            # 2.53 / 5 = 0.51 -> step 1
+    assert pictures.nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
+    assert pictures.nice_ticks(0, 3, 6, integer=True) == [0, 1, 2, 3]   # never a half epoch
+    assert pictures.nice_ticks(5, 5, integer=True) == [4, 5, 6]       # one point: a range around it
 
 
 def test_confusion_cells_are_row_shares(tmp_path):
@@ -36,18 +38,18 @@ def test_confusion_cells_are_row_shares(tmp_path):
     labels = np.array([0, 0, 1, 1])
     predictions = np.array([0, 0, 0, 1])
     path = str(tmp_path / 'confusion.png')
-    common.save_confusion(path, predictions, labels, 3, ['walk', 'sit', 'jump'], 'run: top-1 75.0%')
+    pictures.save_confusion(path, predictions, labels, 3, ['walk', 'sit', 'jump'], 'run: top-1 75.0%')
     image = Image.open(path).convert('RGB')
     # layout: cell 48 (600 // 3 capped at 48); left = 24 + widest name + 10, top = 66
-    width = max(common.text_width(n, common.font(13)) for n in ('walk', 'sit', 'jump'))
+    width = max(pictures.text_width(n, pictures.font(13)) for n in ('walk', 'sit', 'jump'))
     left, top, cell = int(24 + width + 10), 66, 48
 
     def pixel(row, column):              # a corner of the cell, away from the count written in its middle
         return image.getpixel((left + column * cell + 3, top + row * cell + 3))
 
-    assert pixel(0, 0) == common.shade(1.0) and pixel(0, 1) == common.shade(0) == pixel(0, 2)
-    assert pixel(1, 0) == common.shade(0.5) == pixel(1, 1) and pixel(1, 2) == common.shade(0)
-    assert pixel(2, 0) == pixel(2, 1) == pixel(2, 2) == common.shade(0)        # no samples: white, no division by 0
+    assert pixel(0, 0) == pictures.shade(1.0) and pixel(0, 1) == pictures.shade(0) == pixel(0, 2)
+    assert pixel(1, 0) == pictures.shade(0.5) == pixel(1, 1) and pixel(1, 2) == pictures.shade(0)
+    assert pixel(2, 0) == pixel(2, 1) == pixel(2, 2) == pictures.shade(0)        # no samples: white, no division by 0
     assert image.getpixel((left + 3 * cell, top + 2)) == (0, 0, 0)               # the matrix frame
     title = np.asarray(image)[6:24, 8:150]
     assert (title < 128).any()                                                  # the title is written
@@ -57,9 +59,9 @@ def test_confusion_scale_bar_and_many_classes(tmp_path):
     """120 classes: cells of 12 pixels, no counts; the scale bar runs from dark (100%) to white (0%)."""
     labels = np.arange(120).repeat(2)
     path = str(tmp_path / 'confusion.png')
-    common.save_confusion(path, labels, labels, 120)
+    pictures.save_confusion(path, labels, labels, 120)
     image = Image.open(path).convert('RGB')
-    width = max(common.text_width(f'class {k}', common.font(9)) for k in range(120))
+    width = max(pictures.text_width(f'class {k}', pictures.font(9)) for k in range(120))
     left, top, side = int(24 + width + 10), 66, 12 * 120
     assert image.getpixel((left + 6, top + 6)) == BLUE and image.getpixel((left + 18, top + 6)) == (255, 255, 255)
     bar_x = left + side + 18
@@ -74,7 +76,7 @@ def test_curves_from_log(tmp_path):
             if epoch in (1, 3):
                 record['test_top1'] = 40.0 + 20 * epoch
             f.write(json.dumps(record) + '\n')
-    common.save_curves(str(tmp_path), 'a run', chance=25.0)
+    pictures.save_curves(str(tmp_path), 'a run', chance=25.0)
     image = Image.open(tmp_path / 'curves.png').convert('RGB')
     assert image.size == (2 * 460, 350)
     pixels = np.asarray(image).astype(int)
@@ -87,7 +89,7 @@ def test_curves_from_log(tmp_path):
 
     with open(tmp_path / 'log.jsonl', 'w') as f:
         f.write(json.dumps({'epoch': 0, 'loss': 1.0}) + '\n')
-    common.save_curves(str(tmp_path))
+    pictures.save_curves(str(tmp_path))
     assert Image.open(tmp_path / 'curves.png').size == (460, 350)                # pretraining: the loss alone
 
 
@@ -97,7 +99,7 @@ def test_vis_grid_tiles_in_place():
     for r in range(2):
         for c in range(3):
             tiles[r, c] = (40 * (r * 3 + c) + 10, 0, 0)
-    image = pretrain.titled_grid(tiles, ['input', 'masked', 'reconstruction'], [], 'run: epoch 5').convert('RGB')
+    image = pictures.titled_grid(tiles, ['input', 'masked', 'reconstruction'], [], 'run: epoch 5').convert('RGB')
     side, left = 128, 8
     for r in range(2):
         for c in range(3):
@@ -144,6 +146,14 @@ def test_confusion_class_names_follow_the_logits():
     import finetune
     assert finetune.class_names({'class_names': ['walk', 'sit', 'jump']}, [2, 0]) == ['jump', 'walk']
     assert finetune.class_names({'class_names': None}, [6, 0]) == ['class 6', 'class 0']
+
+
+def test_drawing_imports_no_torch():
+    """pictures.py and tools/results.py draw with Pillow alone: importing them loads no torch."""
+    code = "import sys, results, pictures; assert 'torch' not in sys.modules, 'torch was imported'"
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools')
+    run = subprocess.run([sys.executable, '-c', code], cwd=tools, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
 
 
 def test_vis_samples_spread_over_classes():

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from functools import partial
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import common
 import pretrain
-from fixtures import write_encoded
+from fixtures import stage_args, write_encoded
 
 torch.set_num_threads(1)
 CPU = torch.device('cpu')
@@ -27,11 +26,14 @@ def data(tmp_path):
     return tmp_path
 
 
+def tiny_args(tmp_path, *extra):
+    """The tiny pretraining run of these tests on tmp_path/data: vit_test, a 2-block decoder of width 32."""
+    return stage_args(tmp_path / 'data', '--init', 'none', '--batch-size', '16', '--decoder-dim', '32', '--decoder-depth', '2',
+                      '--decoder-heads', '2', '--warmup-epochs', '1', *extra)
+
+
 def run_args(tmp_path, *extra, out='run'):
-    return pretrain.get_args(['--data', 'synthetic', '--data-root', str(tmp_path / 'data'), '--model', 'vit_test',
-                              '--init', 'none', '--output-dir', str(tmp_path / out), '--num-workers', '0',
-                              '--batch-size', '16', '--decoder-dim', '32', '--decoder-depth', '2',
-                              '--decoder-heads', '2', '--warmup-epochs', '1', '--print-every', '0', *extra])
+    return pretrain.get_args(tiny_args(tmp_path, '--output-dir', str(tmp_path / out), '--print-every', '0', *extra))
 
 
 def read_log(path):
@@ -109,6 +111,19 @@ def test_split_ids_visible_then_masked():
     mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
     keep, masked = pretrain.split_ids(mask, 2)
     assert keep.tolist() == [[1, 3], [0, 1]] and masked.tolist() == [[0, 2], [2, 3]]
+
+
+def test_patchify_hand_made():
+    """A 1 x 3 x 4 x 4 image with pixel (c, y, x) = 100c + 10y + x, 2 x 2 patches: patch row * 2 + col,
+    inside a patch MAE's order (p, q, c): row p of the patch, column q, then the channel."""
+    c, y, x = torch.meshgrid(torch.arange(3), torch.arange(4), torch.arange(4), indexing='ij')
+    images = (100 * c + 10 * y + x).float()[None]                                   # (1, 3, 4, 4)
+    patches = pretrain.patchify(images, 2)                                          # (1, 4, 12)
+    assert patches.shape == (1, 4, 12)
+    assert patches[0, 0].tolist() == [0, 100, 200, 1, 101, 201, 10, 110, 210, 11, 111, 211]
+    assert patches[0, 1].tolist() == [2, 102, 202, 3, 103, 203, 12, 112, 212, 13, 113, 213]   # row 0, col 1
+    assert patches[0, 2].tolist() == [20, 120, 220, 21, 121, 221, 30, 130, 230, 31, 131, 231]  # row 1, col 0
+    assert torch.equal(pretrain.unpatchify(patches, 2), images)
 
 
 def test_patchify_roundtrip():
@@ -261,10 +276,7 @@ def test_universal_union_and_size_check(data, capsys):
 def test_two_processes_match_one(data):
     """torchrun --nproc_per_node 2 (gloo) gives the loss of one process with the same global batch."""
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    flags = ['--data', 'synthetic', '--data-root', str(data / 'data'), '--model', 'vit_test', '--init', 'none',
-             '--num-workers', '0', '--batch-size', '16', '--decoder-dim', '32', '--decoder-depth', '2',
-             '--decoder-heads', '2', '--warmup-epochs', '1', '--epochs', '2', '--lr', '1e-3', '--mask', 'block',
-             '--accum-iter', '2']
+    flags = tiny_args(data, '--epochs', '2', '--lr', '1e-3', '--mask', 'block', '--accum-iter', '2')
     script = os.path.join(ROOT, 'pretrain.py')
     pretrain.main(pretrain.get_args([*flags, '--output-dir', str(data / 'one')]))   # one process, in this one
     two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
@@ -321,9 +333,7 @@ def test_killed_at_random_steps_and_resumed_equals_uninterrupted(data):
     """Three SIGKILLs at random steps (seeded), each followed by --resume auto: the final encoder is
     the uninterrupted run's, bit for bit."""
     from killing import run_with_kills
-    argv = ['--data', 'synthetic', '--data-root', str(data / 'data'), '--model', 'vit_test', '--init', 'none',
-            '--num-workers', '0', '--batch-size', '16', '--decoder-dim', '32', '--decoder-depth', '2',
-            '--decoder-heads', '2', '--warmup-epochs', '1', '--epochs', '5', '--save-every', '1', '--print-every', '1']
+    argv = tiny_args(data, '--epochs', '5', '--save-every', '1', '--print-every', '1')
     pretrain.main(pretrain.get_args(argv + ['--output-dir', str(data / 'straight')]))
     kills = np.random.default_rng(12).integers(1, 5, size=3).tolist()       # 1..4 steps: each killed run gets at most ~1 epoch further
     run_with_kills(os.path.join(ROOT, 'pretrain.py'), argv + ['--output-dir', str(data / 'killed')], kills)

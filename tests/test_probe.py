@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import common
+import pretrain
 import probe
-from fixtures import write_encoded
+from fixtures import stage_args, write_encoded
 
 torch.set_num_threads(1)
 
@@ -20,14 +21,13 @@ def encoded(tmp_path):
     write_encoded(str(tmp_path / 'data'), num_classes=4)
     torch.manual_seed(0)
     path = str(tmp_path / 'encoder.pth')
-    common.save_encoder(path, common.build_encoder('vit_test', img_size=32), {'test': True})
+    pretrain.save_encoder(path, common.build_encoder('vit_test', img_size=32), {'test': True})
     return tmp_path, path
 
 
 def probe_argv(tmp_path, encoder, *extra):
-    return ['--data', 'synthetic', '--data-root', str(tmp_path / 'data'), '--model', 'vit_test', '--init', encoder,
-            '--output-dir', str(tmp_path / 'run'), '--num-workers', '0', '--batch-size', '16', '--warmup-epochs', '1',
-            '--print-every', '1000', *extra]
+    return stage_args(tmp_path / 'data', '--init', encoder, '--output-dir', str(tmp_path / 'run'), '--batch-size', '16',
+                      '--warmup-epochs', '1', '--print-every', '1000', *extra)
 
 
 def probe_args(tmp_path, encoder, *extra):

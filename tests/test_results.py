@@ -57,6 +57,6 @@ def test_chart_draws_a_bar_to_the_mean(tmp_path):
 
 
 def test_empty_folder_is_one_line(tmp_path):
-    run = subprocess.run([sys.executable, 'results.py', str(tmp_path)], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, 'tools/results.py', str(tmp_path)], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert run.returncode != 0 and run.stderr.strip().count('\n') == 0 and 'no seed*/result.json' in run.stderr

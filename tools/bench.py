@@ -428,7 +428,7 @@ def bench_probe(args, workdir, device):
     """Wall time of the same probe with and without --cache-features, in this process (no start-up)."""
     data_root = encode_synthetic(workdir, 64, 60)
     encoder_path = os.path.join(workdir, 'encoder.pth')
-    common.save_encoder(encoder_path, common.build_encoder('vit_tiny_patch16', 64), {})
+    pretrain.save_encoder(encoder_path, common.build_encoder('vit_tiny_patch16', 64), {})
     seconds = {}
     for cache in (False, True):
         argv = ['--data', 'synthetic', '--data-root', data_root, '--model', 'vit_tiny_patch16', '--init', encoder_path,

@@ -26,7 +26,9 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the stages, beside tools/
-DATA = os.environ.get('S2I_DATA')                                      # the real datasets (README.md)
+DATA = os.environ.get('S2I_DATA')                                      # the real datasets (docs/DATA.md)
+sys.path.insert(0, ROOT)
+from common import atomic_write  # noqa: E402  (the stages' one atomic write)
 
 
 def get_args(argv=None):
@@ -105,12 +107,6 @@ def warmup_epochs(epochs, paper_warmup, paper_epochs):
     return max(1, round(epochs * paper_warmup / paper_epochs))
 
 
-def write_atomically(path, text):
-    with open(path + '.tmp', 'w') as f:
-        f.write(text)
-    os.replace(path + '.tmp', path)
-
-
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -178,14 +174,14 @@ def main(args):
                      'chance': 100 / meta['num_classes']},
     }
     table = summary_table(report, args)
-    write_atomically(os.path.join(args.out, 'check.json'), json.dumps(report, indent=1))
-    write_atomically(os.path.join(args.out, 'check.md'), table)
+    atomic_write(os.path.join(args.out, 'check.json'), lambda f: f.write(json.dumps(report, indent=1)), 'w')
+    atomic_write(os.path.join(args.out, 'check.md'), lambda f: f.write(table), 'w')
     print(table, end='')
     return report
 
 
 def summary_table(report, args):
-    """A markdown table of the figures a reviewer compares with the paper and with README."""
+    """A markdown table of the figures a reviewer compares with the paper and with docs/PERFORMANCE.md."""
     rows = []
     for name, unit in [('loader_images_per_s_per_core', 'images/s'), ('augment_images_per_s', 'images/s'),
                        ('train_bare_step_images_per_s', 'images/s'), ('train_bare_step_mfu', ''),

@@ -17,6 +17,12 @@ import os
 import statistics
 import sys
 
+from PIL import Image, ImageDraw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # pictures.py, beside tools/
+sys.path.insert(0, ROOT)
+from pictures import font, nice_ticks, save_png, text_width  # noqa: E402  (Pillow only: a chart imports no torch)
+
 
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,8 +97,6 @@ GROUP_TITLES = {
 
 def draw_chart(cells, path, title):
     """Horizontal bars, one row per cell, a gap and a heading between groups (the name up to '_')."""
-    from PIL import Image, ImageDraw
-    from common import font, nice_ticks, save_png, text_width
     rows, group = [], None
     for cell, runs in cells.items():
         if cell.split('_')[0] != group:
