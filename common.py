@@ -97,6 +97,9 @@ def add_augment_args(parser):
                        help="'skeleton': exact transforms of the coordinates (channels); "
                             "'image': the same names as image transforms of the picture; 'none': off")
     group.add_argument('--flip-prob', type=float, default=0.5)
+    group.add_argument('--flip', default='mirror', choices=['mirror', 'x-only'],
+                       help="skeleton-space flip: 'mirror' negates x and swaps every left joint with its right "
+                            "partner (joints.yaml flip_pairs), as a mirror does; 'x-only' negates x alone")
     group.add_argument('--rotate', type=float, default=15.0, help='max rotation, degrees (per axis in skeleton space)')
     group.add_argument('--scale', type=float, default=0.1, help='scale factor drawn from [1-s, 1+s]')
     group.add_argument('--translate', type=float, default=0.1,
@@ -175,20 +178,22 @@ def seeded(seed, device):
         yield
 
 
-def global_train_batch(batch, rank, world, device, mean, std, modality, args, planar):
+def global_train_batch(batch, rank, world, device, mean, std, modality, args, geometry):
     """Augmented, normalised train images and the labels of this rank's batch.
 
     The augmentation is drawn for the global batch (world * n rows; this rank's images sit at rows
     rank::world, as DistributedSampler deals them, the others are zeros), so that every sample gets
     the same draws in 1 and in N processes.
     """
-    images, labels, _ = batch
+    images, labels, positions = batch
     if world > 1:
         images = images.to(device, non_blocking=True)
         padded = images.new_zeros((world * len(images),) + images.shape[1:])      # (world * n, 3, S, S)
         padded[rank::world] = images
-        batch = (padded, torch.zeros(len(padded), dtype=torch.long), torch.zeros(len(padded), dtype=torch.long))
-    images = prepare_batch(batch, device, mean, std, modality, args, planar, train=True)[0][rank::world]
+        padded_positions = positions.new_zeros(len(padded))
+        padded_positions[rank::world] = positions
+        batch = (padded, torch.zeros(len(padded), dtype=torch.long), padded_positions)
+    images = prepare_batch(batch, device, mean, std, modality, args, geometry, train=True)[0][rank::world]
     return images, labels.to(device, non_blocking=True)
 
 
@@ -335,6 +340,40 @@ def is_planar(meta):
     return meta.get('channels', ['x', 'y', 'z'])[2] == 'score'
 
 
+def mirror_matrix(columns, size):
+    """(size, size) M such that image @ M is the S2I image of the skeleton whose left and right joints
+    are swapped; columns: meta.json's `mirror`, each image column's partner column (J,).
+
+    S2I is linear along the joint axis: image = A_t X A_j^T with A_j (size, J) the interpolation
+    matrix, of full column rank for size >= J, so pinv(A_j^T) recovers X's joint columns exactly and
+    M = pinv(A_j^T) P A_j^T (P the pair swap) holds for the joint, bone and motion streams alike.
+    """
+    eye = torch.eye(len(columns), dtype=torch.float64)[None]
+    spread = F.interpolate(eye, size=size, mode='linear', align_corners=True)[0]     # (J, S) = A_j^T
+    return (torch.linalg.pinv(spread)[:, columns] @ spread).float()                 # (S, S)
+
+
+def skeleton_geometry(metas, args, device, starts=(0,)):
+    """What skeleton-space augmentation needs beside the images: planar (2D keypoints) and, for the mirror
+    flip, each dataset's mirror_matrix; starts: each dataset's first position in the stage's dataset."""
+    planar = {f"{m['dataset']}/{m['protocol']}": is_planar(m) for m in metas}
+    if len(set(planar.values())) > 1:
+        sys.exit(f'--data {args.data}: mixes 2D keypoints (x, y, score) and 3D joints {planar}; pretrain them separately')
+    mirrors = None
+    if args.aug_space == 'skeleton' and args.flip == 'mirror' and args.flip_prob > 0:
+        for meta in metas:
+            where = f"--flip mirror: {meta['dataset']}/{meta['protocol']} ({meta.get('format', 'format unknown')})"
+            if not meta.get('mirror'):
+                sys.exit(f'{where}: meta.json names no left/right joints (joints.yaml flip_pairs; re-encode with '
+                         'this encode.py); or use --flip x-only or --flip-prob 0')
+            if meta['size'] < len(meta['mirror']):
+                sys.exit(f"{where}: {meta['size']}-pixel images hold fewer columns than its {len(meta['mirror'])} joints, "
+                         'so the mirror is not exact; encode at --size >= the joint count or use --flip x-only')
+        mirrors = torch.stack([mirror_matrix(m['mirror'], m['size']) for m in metas]).to(device)  # (D, S, S)
+    return dict(planar=next(iter(planar.values())), mirrors=mirrors,
+                starts=torch.tensor(starts, dtype=torch.long, device=device))
+
+
 # ----------------------------------------------------------------------------------------------
 # Augmentation, on whole batches on the device, in raw coordinates (before normalisation)
 
@@ -351,13 +390,14 @@ def random_rotation(n, max_degrees, planar, device):
     return rz.view(n, 3, 3) @ ry.view(n, 3, 3) @ rx.view(n, 3, 3)
 
 
-def augment(images, modality, args, planar=False):
+def augment(images, modality, args, planar=False, mirror=None):
     """Flip, rotation, affine scale/translate and Gaussian noise (A.2) on a batch (N, 3, S, S).
 
     Skeleton space: S2I interpolation is linear, so rotating/scaling every joint is the same 3x3
-    matrix applied to every pixel's channels, and a flip mirrors x. Translation moves positions
-    only: bone and motion are differences and do not change. Image space: the picture itself is
-    flipped left-right and warped, as an image pipeline would.
+    matrix applied to every pixel's channels, and a flip negates x and, with --flip mirror, swaps the
+    left and right joints' columns by mirror (S, S) or (N, 1, S, S) (mirror_matrix). Translation moves
+    positions only: bone and motion are differences and do not change. Image space: the picture
+    itself is flipped left-right and warped, as an image pipeline would.
     """
     if args.aug_space == 'none':
         return images
@@ -367,13 +407,17 @@ def augment(images, modality, args, planar=False):
     if args.aug_space == 'skeleton':
         matrix = random_rotation(n, args.rotate, planar, device)                 # (N, 3, 3)
         axis_scale = 1 + (torch.rand(n, 3, device=device) * 2 - 1) * args.scale
-        mirror = torch.ones(n, 3, device=device)
-        mirror[:, 0] = torch.where(flip, -1.0, 1.0)
+        mirror_x = torch.ones(n, 3, device=device)
+        mirror_x[:, 0] = torch.where(flip, -1.0, 1.0)
         if planar:  # the score channel is not geometry
             axis_scale[:, 2] = 1
             matrix[:, 2, :], matrix[:, :, 2] = 0, 0
             matrix[:, 2, 2] = 1
-        matrix = matrix * (axis_scale * mirror)[:, None, :]                     # R @ diag(scale * mirror)
+        matrix = matrix * (axis_scale * mirror_x)[:, None, :]                   # R @ diag(scale * mirror_x)
+        if args.flip == 'mirror' and args.flip_prob > 0:
+            if mirror is None:
+                raise ValueError('--flip mirror: augment() needs the mirror matrix (common.skeleton_geometry)')
+            images = torch.where(flip[:, None, None, None], images @ mirror, images)   # left <-> right columns
         images = torch.einsum('nij,njhw->nihw', matrix, images)
         if modality == 'joint' and args.translate > 0:
             shift = (torch.rand(n, 3, 1, 1, device=device) * 2 - 1) * args.translate
@@ -397,14 +441,20 @@ def augment(images, modality, args, planar=False):
     return images
 
 
-def prepare_batch(batch, device, mean, std, modality, args, planar, train):
-    """float16 batch from the loader -> augmented (train only), normalised float32 on the device."""
+def prepare_batch(batch, device, mean, std, modality, args, geometry=None, train=False):
+    """float16 batch from the loader -> augmented (train only: geometry from skeleton_geometry),
+    normalised float32 on the device."""
     images, labels, positions = batch
     images = images.to(device, non_blocking=True).float()
     labels = labels.to(device, non_blocking=True)
+    positions = positions.to(device, non_blocking=True)
     if train:
-        images = augment(images, modality, args, planar)
-    return (images - mean) / std, labels, positions.to(device, non_blocking=True)
+        mirror = mirrors = geometry['mirrors']                                   # (D, S, S) or None
+        if mirrors is not None:                                                 # each sample's dataset's
+            mirror = mirrors[0] if len(mirrors) == 1 else \
+                mirrors[torch.bucketize(positions, geometry['starts'], right=True) - 1][:, None]
+        images = augment(images, modality, args, geometry['planar'], mirror)
+    return (images - mean) / std, labels, positions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -846,13 +896,13 @@ def end_epoch(out_dir, rank, record, model, optimizer, args, stage, last_epoch, 
         pictures.save_curves(out_dir, *curves)
 
 
-def evaluate(forward, loader, num_samples, device, mean, std, args, planar, desc='test'):
+def evaluate(forward, loader, num_samples, device, mean, std, args, desc='test'):
     """forward(images) -> (B, K) for every test batch; returns (N, K) float32 in dataset order on all ranks."""
     outputs, positions = [], []
     world = dist.get_world_size() if dist.is_initialized() else 1
     with torch.no_grad():
         for batch in progress(loader, desc, len(loader), loader.batch_size * world):
-            images, _, index = prepare_batch(batch, device, mean, std, args.modality, args, planar, train=False)
+            images, _, index = prepare_batch(batch, device, mean, std, args.modality, args)
             outputs.append(forward(images).float())
             positions.append(index)
     return gather_by_index(torch.cat(outputs), torch.cat(positions), num_samples)

@@ -23,12 +23,16 @@ data=${DEMO_DATA:-data}
 
 if [[ $dataset == synthetic ]]; then          # seconds per stage: a tiny model on 360 train sequences
   runs=${DEMO_RUNS:-runs/demo}
+  # Its classes are sided (wave right arm / wave left arm, kick right leg): a true mirror (--flip mirror,
+  # the default) would turn a sample into the other class or one that does not exist; x-only keeps limbs in their columns.
   model="--model vit_test"
+  flip="--flip x-only"
   pretrain="--epochs 30 --batch-size 64 --blr 1.5e-3 --warmup-epochs 3 --decoder-depth 2 --decoder-dim 64 --decoder-heads 4"
   probe="--epochs 30 --warmup-epochs 3"
   finetune="--epochs 15 --warmup-epochs 2 --batch-size 32"
 else                                          # README.md's CPU preset (docs/RESULTS.md): from scratch, no ImageNet weights offline
   runs=${DEMO_RUNS:-runs/demo_$dataset}
+  flip=""
   model="--model vit_tiny_patch16"
   pretrain="--epochs 50 --batch-size 64 --blr 1e-3 --warmup-epochs 5 --decoder-depth 2 --decoder-dim 128 --decoder-heads 4"
   probe=""
@@ -55,7 +59,7 @@ stage encode "$runs/encode" python encode.py --data "$dataset" "${encode_args[@]
   --workers 2 --preview 10
 meta=$(ls -t "$data"/*/*/meta.json | head -n 1)          # the output encode.py just finished (meta.json is last)
 read -r name protocol < <(python -c "import json, sys; m = json.load(open(sys.argv[1])); print(m['dataset'], m['protocol'])" "$meta")
-common="--data $name --protocol $protocol --data-root $data --num-workers 1 --print-every 0"
+common="--data $name --protocol $protocol --data-root $data --num-workers 1 --print-every 0 $flip"
 
 for m in joint bone motion; do
   stage "pretrain $m" "$runs/pretrain_$m" python pretrain.py $common $model $pretrain --modality $m --init none \

@@ -228,7 +228,8 @@ def encode_sequence(bodies, fmt, modalities=MODALITIES, size=224, two_person='in
 @functools.lru_cache(maxsize=8)
 def load_formats(joints_file=None):
     """All formats of joints.yaml, validated, with index arrays added: order (joint indices in S2I
-    order), parent (per joint), centre_idx, flip_idx. A joints_file (--joints) adds its formats to
+    order), parent (per joint), centre_idx, partner (per joint, from flip_pairs) and mirror (each image
+    column's partner column, written to meta.json for the flip; None without flip_pairs). A joints_file (--joints) adds its formats to
     joints.yaml's and replaces those of the same name."""
     formats, paths = {}, [JOINTS_FILE]
     if joints_file and Path(joints_file).resolve() != JOINTS_FILE:
@@ -282,7 +283,19 @@ def load_formats(joints_file=None):
             if -1 in parent:
                 raise EncodeError(where, f'bones: no parent for {[joints[i] for i, p in enumerate(parent) if p == -1]} '
                                          '(every joint needs one; the root is its own parent)')
-            flip = [(idx(a, 'flip_pairs'), idx(b, 'flip_pairs')) for a, b in spec.get('flip_pairs') or []]
+            partner = list(range(len(joints)))                 # each joint's left/right partner; the midline's: itself
+            for pair in spec.get('flip_pairs') or []:
+                a, b = idx(pair[0], 'flip_pairs'), idx(pair[1], 'flip_pairs')
+                if a == b or partner[a] != a or partner[b] != b:
+                    raise EncodeError(where, f"flip_pairs: [{pair[0]}, {pair[1]}]: expected two different joints, "
+                                             'each in at most one pair')
+                partner[a], partner[b] = b, a
+            unmirrored = [joints[j] for j in range(len(joints)) if partner[parent[j]] != parent[partner[j]]]
+            if unmirrored:
+                raise EncodeError(where, f'flip_pairs: the mirror of the bones of {unmirrored} is no bone (expected the '
+                                         "partner of a joint's parent to be the parent of its partner)")
+            column = {joint: c for c, joint in enumerate(order)}
+            mirror = [column[partner[j]] for j in order] if spec.get('flip_pairs') else None
             centre = [idx(n, 'centre') for n in spec['centre']]
             if not centre:
                 raise EncodeError(where, 'centre: expected at least one joint')
@@ -291,7 +304,7 @@ def load_formats(joints_file=None):
             formats[key] = dict(name=key, joints=joints, parts={p: list(parts[p]) for p in PARTS},
                                 channels=list(spec['channels']), geometry=2 if spec['channels'][2] == 'score' else 3,
                                 order=np.array(order), parent=np.array(parent), centre_idx=np.array(centre),
-                                flip_idx=np.array(flip, dtype=np.int64).reshape(-1, 2), num_joints=len(joints))
+                                partner=np.array(partner), mirror=mirror, num_joints=len(joints))
     return formats
 
 
@@ -1687,7 +1700,7 @@ def encode(args):
     elapsed = time.time() - t0
     meta = dict(dataset=args.name or args.data, source=args.data, input=source, format=fmt['name'],
                 protocol=args.protocol, num_classes=num_classes, class_names=args.class_names, size=args.size,
-                modalities=modalities, channels=fmt['channels'], counts=counts, mean=mean, std=std,
+                modalities=modalities, channels=fmt['channels'], mirror=fmt['mirror'], counts=counts, mean=mean, std=std,
                 skipped=skipped, warnings=warnings, two_person=args.two_person, motion=args.motion,
                 rescale=rescale, ntu_bodies=args.ntu_bodies if args.data in ('ntu60', 'ntu120') else None,
                 denoising_removed=removed if args.data in ('ntu60', 'ntu120') else None,

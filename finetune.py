@@ -109,7 +109,7 @@ def main(args):
     source = args.oneshot_source if oneshot else args.protocol
     meta = common.load_meta(args.data_root, args.data, source)
     mean, std = common.channel_stats(meta, args.modality, device)
-    planar = common.is_planar(meta)
+    geometry = common.skeleton_geometry([meta], args, device)    # 2D or 3D, the mirror flip
     train_path, train_labels, train_names = common.read_split(args.data_root, args.data, source, 'train', args.modality)
     test_path, test_labels, test_names = common.read_split(args.data_root, args.data, source, 'test', args.modality)
     if oneshot:
@@ -164,7 +164,7 @@ def main(args):
         processes repeat one."""
         with common.seeded(common.step_seed(args.seed, it), device):
             images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
-                                                       args, planar)
+                                                       args, geometry)
             with torch.autocast(**amp):
                 outputs = forward(images)                                # (B, C) logits or (B, D) embeddings
         if oneshot:
@@ -190,7 +190,7 @@ def main(args):
         if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
             model.eval()
             with torch.autocast(**amp):
-                outputs = common.evaluate(model, test_loader, len(test_set), device, mean, std, args, planar)
+                outputs = common.evaluate(model, test_loader, len(test_set), device, mean, std, args)
             settings = {'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
                         'class_names': class_names(meta, novel if oneshot else range(num_classes))}
             if oneshot:

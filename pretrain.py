@@ -456,11 +456,11 @@ def masked_batch(batch, seed, args, model, norm, rank, world, device):
     The draws are made for the global micro-batch (world * n rows; this rank's images sit at rows
     rank::world of a zero-padded batch) so that they do not depend on the number of processes.
     """
-    mean, std, planar = norm
+    mean, std, geometry = norm
     n = len(batch[0])
     total, rows = world * n, slice(rank, None, world)
     with common.seeded(seed, device):
-        images = common.global_train_batch(batch, rank, world, device, mean, std, args.modality, args, planar)[0]
+        images = common.global_train_batch(batch, rank, world, device, mean, std, args.modality, args, geometry)[0]
         mask = make_masks(args.mask, total, model.grid, args.mask_ratio, rows, device)   # (n, L)
         ids_keep, ids_masked = split_ids(mask, num_masked(args.mask, model.grid, args.mask_ratio))
         t = noise = None
@@ -549,10 +549,8 @@ def main(args):
     if steps_per_epoch == 0:
         sys.exit(f'{len(dataset)} train samples give no full optimizer step of --accum-iter {args.accum_iter}')
     mean, std = common.channel_stats(metas[0], args.modality, device)
-    planar = {n: common.is_planar(m) for n, m in zip(names, metas)}
-    if len(set(planar.values())) > 1:
-        sys.exit(f'--data {args.data}: mixes 2D keypoints (x, y, score) and 3D joints {planar}; pretrain them separately')
-    norm = (mean, std, planar[names[0]])     # every dataset normalised with the first one's statistics (A.5)
+    geometry = common.skeleton_geometry(metas, args, device, dataset.offsets[:-1].tolist())  # 2D or 3D, mirror flips
+    norm = (mean, std, geometry)     # every dataset normalised with the first one's statistics (A.5)
     out_dir = common.output_dir(args, 'pretrain', args.method)
     if rank == 0:
         common.make_output_dir(out_dir)

@@ -72,7 +72,7 @@ def main(args):
     meta = common.load_meta(args.data_root, args.data, args.protocol)
     num_classes = meta['num_classes']
     mean, std = common.channel_stats(meta, args.modality, device)
-    planar = common.is_planar(meta)
+    geometry = None if args.cache_features else common.skeleton_geometry([meta], args, device)  # for augment
     train_path, train_labels, _ = common.read_split(args.data_root, args.data, args.protocol, 'train', args.modality)
     test_path, test_labels, test_names = common.read_split(args.data_root, args.data, args.protocol, 'test', args.modality)
     train_set = common.S2IDataset([train_path], [train_labels])
@@ -105,8 +105,8 @@ def main(args):
     cache = None
     if args.cache_features:
         start = time.time()
-        cache = {'train': extract_all(extract, train_set, batch_per_rank, args, device, mean, std, planar, 'train features'),
-                 'test': extract_all(extract, test_set, batch_per_rank, args, device, mean, std, planar, 'test features')}
+        cache = {'train': extract_all(extract, train_set, batch_per_rank, args, device, mean, std, 'train features'),
+                 'test': extract_all(extract, test_set, batch_per_rank, args, device, mean, std, 'test features')}
         cache['train_labels'] = torch.from_numpy(train_labels).to(device)
         say(f'cached features: train {tuple(cache["train"].shape)}, test {tuple(cache["test"].shape)} '
             f'in {time.time() - start:.1f}s')
@@ -124,7 +124,7 @@ def main(args):
         if cache is None:
             with common.seeded(common.step_seed(args.seed, it), device):
                 images, labels = common.global_train_batch(batch, rank, world, device, mean, std, args.modality,
-                                                           args, planar)
+                                                           args, geometry)
             features, labels = gather_rows(extract(images)), gather_rows(labels)   # (B, D), (B,): global batch
         else:
             features, labels = batch
@@ -144,7 +144,7 @@ def main(args):
         if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
             head.eval()
             if cache is None:
-                logits = common.evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args, planar)
+                logits = common.evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args)
             else:
                 with torch.no_grad():
                     logits = head(cache['test']).float()                   # (N, C)
@@ -165,10 +165,10 @@ def make_probe_head(dim, num_classes):
     return head
 
 
-def extract_all(extract, dataset, batch_per_rank, args, device, mean, std, planar, desc='features'):
+def extract_all(extract, dataset, batch_per_rank, args, device, mean, std, desc='features'):
     """Un-augmented features (N, D) of a whole dataset, in dataset order, on every rank."""
     loader, _ = common.make_loader(dataset, batch_per_rank, False, args.num_workers, args.seed, device)
-    return common.evaluate(extract, loader, len(dataset), device, mean, std, args, planar, desc)
+    return common.evaluate(extract, loader, len(dataset), device, mean, std, args, desc)
 
 
 def cached_batches(cache, epoch, seed, batch_size, steps):

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+import encode
+
 
 def real_data(*parts):
     """A path under $S2I_DATA, the folder holding the real datasets (nw_ucla/, msr_action3d/), or None
@@ -53,7 +55,8 @@ def write_encoded(root, data='synthetic', protocol='xsub', num_classes=4, train_
             if split == 'train':
                 mean[modality], std[modality] = images.mean((0, 2, 3)).tolist(), images.std((0, 2, 3)).tolist()
     meta = {'dataset': data, 'format': format, 'protocol': protocol, 'num_classes': num_classes,
-            'size': size, 'modalities': list(modalities), 'channels': ['x', 'y', 'z'], 'counts': counts,
+            'size': size, 'modalities': list(modalities), 'channels': ['x', 'y', 'z'],
+            'mirror': encode.get_format(format)['mirror'], 'counts': counts,
             'mean': mean, 'std': std, 'skipped': [], 'args': {}}
     with open(os.path.join(folder, 'meta.json'), 'w') as f:
         json.dump(meta, f)

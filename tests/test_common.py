@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import common
+import encode
 from fixtures import write_encoded
 
 torch.set_num_threads(1)
 
 
 def augment_args(**overrides):
-    args = dict(aug_space='skeleton', flip_prob=0.0, rotate=0.0, scale=0.0, translate=0.0, noise_std=0.0)
+    args = dict(aug_space='skeleton', flip='mirror', flip_prob=0.0, rotate=0.0, scale=0.0, translate=0.0, noise_std=0.0)
     args.update(overrides)
     return argparse.Namespace(**args)
 
@@ -34,11 +35,63 @@ def test_rotations_are_proper_and_bounded():
     assert torch.allclose(planar[:, 2], torch.tensor([0.0, 0.0, 1.0]).expand(16, 3))
 
 
-def test_skeleton_flip_mirrors_x_only():
+def test_skeleton_flip_x_only_negates_x_and_keeps_the_columns():
     images = torch.randn(4, 3, 8, 8)
-    out = common.augment(images, 'joint', augment_args(flip_prob=1.0))
+    out = common.augment(images, 'joint', augment_args(flip='x-only', flip_prob=1.0))
     assert torch.equal(out[:, 0], -images[:, 0])
     assert torch.equal(out[:, 1:], images[:, 1:])
+
+
+def mirrored(bodies, fmt):
+    """The skeletons seen in a mirror: x negated (the score of 2D keypoints kept), every joint's
+    coordinates moved to its left/right partner."""
+    fmt = encode.get_format(fmt)
+    out = bodies[..., fmt['partner'], :].copy()
+    out[..., 0] *= -1
+    return out
+
+
+@pytest.mark.parametrize('fmt, rescale, people', [('ntu25', 'none', 2), ('ucla20', 'minmax', 1), ('coco17', 'none', 1)])
+def test_mirror_flip_is_encoding_the_mirrored_skeleton(fmt, rescale, people):
+    """A 3D format (two people), NW-UCLA's min-max rescaling and a 2D one: flipping the encoded image of
+    every stream equals encoding the mirrored skeleton, to float precision."""
+    rng = np.random.default_rng(3)
+    bodies = rng.normal(0, 0.5, (people, 11, encode.get_format(fmt)['num_joints'], 3)).astype(np.float32)
+    if fmt == 'coco17':
+        bodies[..., :2] = bodies[..., :2] * 100 + 300                       # pixels
+        bodies[..., 2] = rng.uniform(0.2, 1.0, bodies.shape[:-1])          # scores
+    size = 40
+    images = encode.encode_sequence(bodies, fmt, size=size, rescale=rescale)
+    expected = encode.encode_sequence(mirrored(bodies, fmt), fmt, size=size, rescale=rescale)
+    mirror = common.mirror_matrix(encode.get_format(fmt)['mirror'], size)
+    planar = fmt == 'coco17'
+    for stream, image in images.items():
+        out = common.augment(torch.from_numpy(np.stack([image] * 2)), stream, augment_args(flip_prob=1.0), planar, mirror)
+        torch.testing.assert_close(out, torch.from_numpy(np.stack([expected[stream]] * 2)), rtol=2e-6, atol=2e-5)
+        assert not torch.allclose(out[:, 1:], torch.from_numpy(image[1:]), atol=1e-2)   # y (and z) moved columns
+    assert not np.allclose(images['joint'], expected['joint'] * [[[-1]], [[1]], [[1]]], atol=1e-2)  # not x alone
+
+
+def test_mirror_flip_picks_each_datasets_matrix_and_refuses_without_pairs():
+    """Universal pretraining mixes formats in a batch: each row is flipped with its own dataset's map
+    (prepare_batch finds it from the row's position); a format without flip_pairs stops with one line."""
+    size, args = 32, augment_args(flip_prob=1.0)
+    metas = [dict(dataset=name, protocol='p', format=fmt, size=size, mirror=encode.get_format(fmt)['mirror'])
+             for name, fmt in (('a', 'ntu25'), ('b', 'ucla20'))]
+    geometry = common.skeleton_geometry(metas, args, torch.device('cpu'), starts=(0, 3))
+    images = torch.randn(5, 3, size, size)
+    positions = torch.tensor([4, 0, 3, 2, 1])                             # rows 0, 2 from dataset b
+    batch = (images.half(), torch.zeros(5, dtype=torch.long), positions)
+    out = common.prepare_batch(batch, 'cpu', torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1), 'bone', args, geometry, True)[0]
+    flipped = images.half().float()
+    flipped[:, 0] *= -1
+    for row, fmt in enumerate(['ucla20', 'ntu25', 'ucla20', 'ntu25', 'ntu25']):
+        torch.testing.assert_close(out[row], flipped[row] @ common.mirror_matrix(encode.get_format(fmt)['mirror'], size))
+    with pytest.raises(SystemExit, match=r'--flip mirror: a/p \(ntu25\): meta.json names no left/right joints'):
+        common.skeleton_geometry([dict(metas[0], mirror=None)], args, 'cpu')
+    with pytest.raises(SystemExit, match='fewer columns than its 25 joints'):
+        common.skeleton_geometry([dict(metas[0], size=16)], args, 'cpu')
+    assert common.skeleton_geometry([dict(metas[0], mirror=None)], augment_args(flip='x-only', flip_prob=1.0), 'cpu')['mirrors'] is None
 
 
 def test_skeleton_rotation_acts_on_channels_of_every_pixel():

@@ -94,6 +94,33 @@ def test_yaml_validation(tmp_path, bad, msg):
     assert msg in str(e.value) and str(p) in str(e.value)
 
 
+def test_mirror_columns_swap_each_left_joint_with_its_right_partner(tmp_path):
+    # ntu25 in S2I order: spine 0-4, left arm 5-10, right arm 11-16, left leg 17-20, right leg 21-24,
+    # each part from the torso outwards, so the mirror swaps whole part blocks
+    assert encode.get_format('ntu25')['mirror'] == [*range(5), *range(11, 17), *range(5, 11), *range(21, 25), *range(17, 21)]
+    p = tmp_path / 'v3.yaml'               # S2I order c, a, b; a and b are partners
+    p.write_text(TRI3_YAML.replace('tri3', 'v3').replace('[[a, a], [b, a], [c, b]]', '[[a, c], [b, c], [c, c]]')
+                 .replace('flip_pairs: []', 'flip_pairs: [[a, b]]'))
+    assert encode.load_formats(p)['v3']['mirror'] == [0, 2, 1]
+    assert encode.load_formats(p)['v3']['partner'].tolist() == [1, 0, 2]
+    tri3 = tmp_path / 'tri3.yaml'
+    tri3.write_text(TRI3_YAML)
+    assert encode.load_formats(tri3)['tri3']['mirror'] is None        # no pairs: no flip
+
+
+@pytest.mark.parametrize('pairs, msg', [
+    ('[[a, b], [b, c]]', 'each in at most one pair'),
+    ('[[a, a]]', 'expected two different joints'),
+    ('[[a, c]]', 'the mirror of the bones of'),            # a is the root, c a leaf: no mirror image of the chain
+])
+def test_flip_pairs_validation(tmp_path, pairs, msg):
+    p = tmp_path / 'bad.yaml'
+    p.write_text(TRI3_YAML.replace('flip_pairs: []', f'flip_pairs: {pairs}'))
+    with pytest.raises(encode.EncodeError) as e:
+        encode.load_formats(p)
+    assert msg in str(e.value) and str(p) in str(e.value)
+
+
 # ------------------------------------------------------------------ S2I interpolation
 
 def test_interp_matrix_align_corners():

@@ -127,7 +127,9 @@ def test_score_channel_is_never_moved():
     assert abs(images['joint'][0]).max() < 5                           # x was centred and scaled
     import torch
     import common
-    aug = argparse.Namespace(aug_space='skeleton', flip_prob=1.0, rotate=30.0, scale=0.3, translate=0.3, noise_std=0.1)
+    # --flip x-only: the mirror flip moves each score to its partner's column (test_common's mirror tests)
+    aug = argparse.Namespace(aug_space='skeleton', flip='x-only', flip_prob=1.0, rotate=30.0, scale=0.3, translate=0.3,
+                             noise_std=0.1)
     for m, image in images.items():
         batch = torch.from_numpy(np.stack([image] * 4))
         out = common.augment(batch, m, aug, planar=True)
@@ -245,8 +247,9 @@ def test_msr20_is_ucla20_in_another_joint_order():
     in_msr = encode.encode_sequence(pose[:, UCLA_TO_MSR], 'msr20', size=32)
     for stream in ('joint', 'bone', 'motion'):
         np.testing.assert_array_equal(in_msr[stream], in_ucla[stream])
-    flips = {tuple(sorted(msr['joints'][i] for i in pair)) for pair in msr['flip_idx']}
-    assert flips == {tuple(sorted(ucla['joints'][i] for i in pair)) for pair in ucla['flip_idx']}
+    flips = {tuple(sorted((msr['joints'][i], msr['joints'][j]))) for i, j in enumerate(msr['partner'])}
+    assert flips == {tuple(sorted((ucla['joints'][i], ucla['joints'][j]))) for i, j in enumerate(ucla['partner'])}
+    assert msr['mirror'] == ucla['mirror']                                            # the same image columns
 
 
 def test_npz_of_named_arrays(tmp_path):

@@ -24,7 +24,7 @@ def test_synthetic_pipeline_learns(tmp_path):
     data, runs = str(tmp_path / 'data'), tmp_path / 'runs'
     encode.main(encode.get_args(['--data', 'synthetic', '--out', data, '--size', '32', '--synthetic-train', '30',
                                  '--synthetic-test', '10', '--quiet']))
-    shared = stage_args(data)
+    shared = stage_args(data, '--flip', 'x-only')   # sided classes (wave right / left arm): a true mirror swaps them
     pretrain.main(pretrain.get_args(shared + [
         '--init', 'none', '--epochs', '4', '--batch-size', '60', '--blr', '1.5e-3', '--warmup-epochs', '1',
         '--decoder-depth', '1', '--decoder-dim', '32', '--decoder-heads', '2', '--print-every', '0',

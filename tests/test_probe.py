@@ -161,3 +161,4 @@ def test_bf16_autocast_and_compile_on_the_cpu(encoded, monkeypatch):
     assert not np.array_equal(logits['bf16'], logits['fp32'])
     scale = np.abs(logits['fp32']).max()
     assert scale > 0.1 and np.abs(logits['bf16'] - logits['fp32']).max() < 0.1 * scale
+

@@ -222,8 +222,8 @@ def bench_loader(args, workdir, device):
     path, labels, _ = common.read_split(out, 'synthetic', protocol, 'train', 'joint')
     dataset = common.S2IDataset([path], [labels])
     mean, std = common.channel_stats(meta, 'joint', device)
-    augment_args = argparse.Namespace(aug_space='skeleton', flip_prob=0.5, rotate=15.0, scale=0.1, translate=0.1,
-                                      noise_std=0.01)
+    augment_args = argparse.Namespace(aug_space='skeleton', flip='mirror', flip_prob=0.5, rotate=15.0, scale=0.1,
+                                      translate=0.1, noise_std=0.01)
     torch.set_num_threads(1)
     loader, sampler = common.make_loader(dataset, 64, True, 0, 0, torch.device('cpu'))
     images_seen, started = 0, time.perf_counter()
@@ -234,16 +234,18 @@ def bench_loader(args, workdir, device):
     report('loader_images_per_s_per_core', images_seen / (time.perf_counter() - started), 'images/s', batch=64,
            size=meta['size'], source='page cache', note='memmap read to a ready float16 batch, one process')
     batch = next(iter(loader))
-    for space in ('skeleton', 'image'):                        # then on the device: augment + normalise
-        augment_args.aug_space = space
-        common.prepare_batch(batch, device, mean, std, 'joint', augment_args, False, True)
+    for space, flip in (('skeleton', 'mirror'), ('skeleton', 'x-only'), ('image', 'mirror')):  # on the device
+        augment_args.aug_space, augment_args.flip = space, flip
+        geometry = common.skeleton_geometry([meta], augment_args, device)
+        common.prepare_batch(batch, device, mean, std, 'joint', augment_args, geometry, train=True)
         synchronize(device)
         started = time.perf_counter()
         for _ in range(10):
-            common.prepare_batch(batch, device, mean, std, 'joint', augment_args, False, True)
+            common.prepare_batch(batch, device, mean, std, 'joint', augment_args, geometry, train=True)
         synchronize(device)
         report('augment_images_per_s', 640 / (time.perf_counter() - started), 'images/s', aug_space=space,
-               batch=64, size=meta['size'], device=device.type, threads=torch.get_num_threads())
+               flip=flip if space == 'skeleton' else 'columns reversed', batch=64, size=meta['size'],
+               device=device.type, threads=torch.get_num_threads())
     torch.set_num_threads(os.cpu_count())
 
 

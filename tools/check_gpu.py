@@ -117,6 +117,8 @@ def main(args):
     data_root = os.path.join(args.out, 'data')
     small_decoder = ['--decoder-depth', '2', '--decoder-dim', '64', '--decoder-heads', '4'] if args.tiny else []
     run_flags = (['--device', 'cpu'] if args.tiny else []) + (['--compile'] if args.compile else [])
+    if args.data == 'synthetic':   # its classes are sided (wave right / left arm): a true mirror would swap them
+        run_flags += ['--flip', 'x-only']
 
     # 1. encode the dataset's joint stream (first: a wrong --root fails before the benchmark)
     encode = ['encode.py', '--data', args.data, '--out', data_root, '--size', str(args.size), '--modality', 'joint',
@@ -191,7 +193,7 @@ def summary_table(report, args):
         for record in report['bench']:
             if record['name'] == name:
                 settings = record['settings']
-                which = settings.get('method') or settings.get('aug_space') or ''
+                which = settings.get('method') or ' '.join(filter(None, (settings.get('aug_space'), settings.get('flip'))))
                 rows.append((f'{name} {which}'.strip(), f'{record["value"]:.4g} {unit}'.strip(),
                              f'{settings.get("model", "")} {settings.get("size", "")} px, batch {settings.get("batch")}'))
     encode, pretrain, finetune = report['encode'], report['pretrain'], report['finetune']
