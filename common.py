@@ -831,7 +831,8 @@ def accuracy(logits, labels, ks=(1, 5)):
 
 
 def per_class_accuracy(predictions, labels, num_classes):
-    """Accuracy in percent of each class (None for a class absent from the labels)."""
+    """Accuracy in percent of each class (None for a class absent from the labels); their mean is
+    result.json's mean_class_accuracy."""
     correct = torch.bincount(labels[predictions == labels], minlength=num_classes).tolist()
     total = torch.bincount(labels, minlength=num_classes).tolist()
     return [100 * c / t if t else None for c, t in zip(correct, total)]
@@ -919,6 +920,8 @@ def write_results(out_dir, rank, logits, labels, names, num_classes, record, bes
     metrics = accuracy(logits, labels_t)
     predictions = logits.argmax(1)
     metrics['per_class'] = per_class_accuracy(predictions, labels_t, num_classes)
+    present = [value for value in metrics['per_class'] if value is not None]
+    metrics['mean_class_accuracy'] = sum(present) / len(present)   # Toyota Smarthome's metric (Das et al. 2019)
     if metrics['top1'] > best['top1']:
         best.update(top1=metrics['top1'], epoch=epoch)
     metrics.update(best_top1=best['top1'], best_epoch=best['epoch'], epoch=epoch, epochs=args.epochs,
@@ -935,6 +938,7 @@ def write_results(out_dir, rank, logits, labels, names, num_classes, record, bes
                                 f'({len(labels)} test samples, chance {100 / num_classes:.1f}%)')
         atomic_write(path('result.json'), lambda f: json.dump(metrics, f, indent=2), 'w')
         print(f'epoch {epoch}: test top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
+              f'mean class {metrics["mean_class_accuracy"]:.2f} '
               f'(best {best["top1"]:.2f} at {best["epoch"]})')
     record['test_top1'] = metrics['top1']
     return metrics

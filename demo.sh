@@ -84,6 +84,7 @@ import json, math, os, sys
 runs, encoded, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 meta = json.load(open(os.path.join(encoded, 'meta.json')))
 chance = 100 / meta['num_classes']
+by_class = meta.get('metric') == 'mean_class_accuracy'   # the protocol's own metric (e.g. Toyota Smarthome's)
 rows, top1 = [], {}
 for line in open(os.path.join(runs, 'stages.tsv')):
     name, folder, seconds = line.rstrip('\n').split('\t')
@@ -95,20 +96,22 @@ for line in open(os.path.join(runs, 'stages.tsv')):
     elif name.startswith('pretrain'):
         log = [json.loads(l) for l in open(os.path.join(folder, 'log.jsonl'))]
         result = f"loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}"
-    elif name == '3-stream ensemble':
-        fused = json.load(open(os.path.join(runs, 'ensemble.json')))['fused']
-        result, top1[name] = f"top-1 {fused['top1']:.1f}  top-5 {fused['top5']:.1f}", fused['top1']
-        files = ['ensemble.json']
-    else:
-        r = json.load(open(os.path.join(folder, 'result.json')))
-        result, top1[name] = f"top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}", r['top1']
+    else:   # a probe, a fine-tuning or the ensemble
+        scores = json.load(open(os.path.join(runs, 'ensemble.json')))['fused'] if name == '3-stream ensemble' \
+            else json.load(open(os.path.join(folder, 'result.json')))
+        result, top1[name] = f"top-1 {scores['top1']:.1f}  top-5 {scores['top5']:.1f}", scores['top1']
+        if by_class:
+            result += f"  mean class {scores['mean_class_accuracy']:.1f}"
+        if name == '3-stream ensemble':
+            files = ['ensemble.json']
     shown = folder.rstrip('/') + '/' + ('{' + ','.join(files) + '}' if len(files) > 1 else ''.join(files))
     rows.append((name, result, f'{int(seconds)} s', shown))
 widths = [max(len(r[i]) for r in rows + [('stage', 'result (%)', 'time', 'outputs')]) for i in range(3)]
 print()
 for row in [('stage', 'result (%)', 'time', 'outputs')] + rows:
     print('  '.join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + '  ' + row[3])
-print(f"chance level: {chance:.1f}% ({meta['num_classes']} classes); top-1 is the last epoch's; total {total // 60} min {total % 60} s")
+print(f"chance level: {chance:.1f}% ({meta['num_classes']} classes); top-1 is the last epoch's"
+      + ("; this protocol is scored by the mean class accuracy" if by_class else '') + f"; total {total // 60} min {total % 60} s")
 tuned, probe, scratch = top1['fine-tune pretrained joint'], top1['linear probe, pretrained'], top1['fine-tune from scratch']
 if tuned > probe and tuned > scratch:
     print(f'as in the paper, fine-tuning after pretraining ({tuned:.1f}) beats the linear probe ({probe:.1f}) '

@@ -1508,6 +1508,9 @@ def get_args(argv=None):
     g.add_argument('--split', default=None, help='.npy: N of 0/1 or train/test (default: every 5th sample is test)')
     g.add_argument('--trust-pickle', action='store_true', help='allow unpickling --input .pkl (can run code)')
     g.add_argument('--name', default=None, help='output dataset name (default: --data)')
+    g.add_argument('--metric', default=None, choices=('top1', 'mean_class_accuracy'),
+                   help="how the protocol is scored, kept in meta.json for the summaries (default: "
+                        "mean_class_accuracy for toyota, as Das et al. 2019 and the paper's Tables 8, 9; top1 elsewhere)")
     g.add_argument('--layout', default=None, choices=('NTVC', 'NMTVC', 'NCTVM'),
                    help='.npy axis order (default: recognised from the shape; NCTVM = ST-GCN/CTR-GCN arrays)')
     g.add_argument('--names', default=None, help='.npy: text file of N sample names (default: 000000, 000001, ...)')
@@ -1698,8 +1701,9 @@ def encode(args):
     if args.preview:
         write_previews(out_dir, args.preview, modalities, args.class_names)
     elapsed = time.time() - t0
+    metric = args.metric or ('mean_class_accuracy' if 'toyota' in (args.data, args.name) else 'top1')
     meta = dict(dataset=args.name or args.data, source=args.data, input=source, format=fmt['name'],
-                protocol=args.protocol, num_classes=num_classes, class_names=args.class_names, size=args.size,
+                protocol=args.protocol, metric=metric, num_classes=num_classes, class_names=args.class_names, size=args.size,
                 modalities=modalities, channels=fmt['channels'], mirror=fmt['mirror'], counts=counts, mean=mean, std=std,
                 skipped=skipped, warnings=warnings, two_person=args.two_person, motion=args.motion,
                 rescale=rescale, ntu_bodies=args.ntu_bodies if args.data in ('ntu60', 'ntu120') else None,

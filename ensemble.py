@@ -55,10 +55,14 @@ def softmax(logits):
     return exp / exp.sum(1, keepdims=True)
 
 
-def topk_accuracy(scores, labels, ks=(1, 5)):
-    """Top-k accuracy in percent for each k (k capped at the number of classes)."""
+def accuracies(scores, labels, ks=(1, 5)):
+    """Top-k accuracy in percent for each k (k capped at the number of classes) and the mean of the
+    per-class top-1 accuracies over the classes present (Toyota Smarthome's metric, Das et al. 2019)."""
     order = np.argsort(-scores, axis=1, kind='stable')
-    return {f'top{k}': float((order[:, :min(k, scores.shape[1])] == labels[:, None]).any(1).mean() * 100) for k in ks}
+    result = {f'top{k}': float((order[:, :min(k, scores.shape[1])] == labels[:, None]).any(1).mean() * 100) for k in ks}
+    right = order[:, 0] == labels
+    result['mean_class_accuracy'] = float(np.mean([right[labels == c].mean() * 100 for c in np.unique(labels)]))
+    return result
 
 
 def fuse(runs, weights):
@@ -72,8 +76,8 @@ def fuse(runs, weights):
         if logits.shape != first_logits.shape:
             sys.exit(f'{run_dir}: test_logits shape {logits.shape} differs from {first_dir} {first_logits.shape}')
     fused = sum(w * softmax(logits) for w, (_, logits, _, _) in zip(weights, runs)) / sum(weights)
-    result = {'streams': {run_dir: topk_accuracy(logits, labels) for run_dir, logits, _, _ in runs},
-              'weights': list(weights), 'fused': topk_accuracy(fused, labels), 'num_samples': len(labels),
+    result = {'streams': {run_dir: accuracies(logits, labels) for run_dir, logits, _, _ in runs},
+              'weights': list(weights), 'fused': accuracies(fused, labels), 'num_samples': len(labels),
               'num_classes': first_logits.shape[1]}
     return result
 
@@ -82,9 +86,10 @@ def main(args):
     runs = [(run_dir,) + load_run(run_dir) for run_dir in args.runs]
     result = fuse(runs, args.weights)
     for run_dir, acc in result['streams'].items():
-        print(f'{run_dir}: top1 {acc["top1"]:.2f} top5 {acc["top5"]:.2f}')
-    print(f'fused ({" ".join(f"{w:g}" for w in args.weights)}): top1 {result["fused"]["top1"]:.2f} '
-          f'top5 {result["fused"]["top5"]:.2f}')
+        print(f'{run_dir}: top1 {acc["top1"]:.2f} top5 {acc["top5"]:.2f} mean class {acc["mean_class_accuracy"]:.2f}')
+    fused = result['fused']
+    print(f'fused ({" ".join(f"{w:g}" for w in args.weights)}): top1 {fused["top1"]:.2f} top5 {fused["top5"]:.2f} '
+          f'mean class {fused["mean_class_accuracy"]:.2f}')
     output = args.output or os.path.join(args.runs[0], 'ensemble.json')
     with open(output + '.tmp', 'w') as f:
         json.dump(result, f, indent=2)

@@ -1,6 +1,7 @@
 """common.py: the reader, augmentation, schedule, optimiser groups and metrics the stages share."""
 import argparse
 import errno
+import json
 import math
 import os
 import time
@@ -191,6 +192,18 @@ def test_accuracy_and_per_class():
     # top-1 predictions 0, 2, 1, 0 -> 2 of 4 right; top-2 sets {0,1}, {2,1}, {1,2}, {0,1} -> 3 of 4
     assert common.accuracy(logits, labels, ks=(1, 2)) == {'top1': 50.0, 'top2': 75.0}
     assert common.per_class_accuracy(logits.argmax(1), labels, 4) == [100.0, 50.0, 0.0, None]
+
+
+def test_result_json_holds_top1_top5_and_the_mean_class_accuracy(tmp_path):
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.7, 0.2], [0.6, 0.3, 0.1]])
+    labels = [0, 1, 1, 1]                          # predictions 0, 2, 1, 0: class 0 1 of 1, class 1 1 of 3
+    args = argparse.Namespace(epochs=1, data='d', protocol='p', modality='joint', model='m', init='none')
+    record, best = {'epoch': 0}, {'top1': -1.0, 'epoch': -1}
+    common.write_results(str(tmp_path), 0, logits, labels, list('abcd'), 3, record, best, args, {})
+    result = json.loads((tmp_path / 'result.json').read_text())
+    assert result['top1'] == 50.0 and result['top5'] == 100.0
+    assert result['per_class'] == [100.0, pytest.approx(100 / 3), None]
+    assert result['mean_class_accuracy'] == pytest.approx((100 + 100 / 3) / 2)   # over the classes present
 
 
 def test_resume_keeps_this_devices_fused_setting(tmp_path):

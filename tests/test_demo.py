@@ -13,7 +13,8 @@ def test_demo_summary_names_every_output(tmp_path):
     env = dict(os.environ, DEMO_DATA=str(tmp_path / 'data'), DEMO_RUNS=str(tmp_path / 'runs'), OMP_NUM_THREADS='1',
                DEMO_PRETRAIN='--epochs 1 --batch-size 30 --warmup-epochs 0 --decoder-depth 1 --decoder-dim 32 --decoder-heads 2',
                DEMO_PROBE='--epochs 2 --warmup-epochs 0', DEMO_FINETUNE='--epochs 1 --warmup-epochs 0 --batch-size 30')
-    out = subprocess.run(['bash', os.path.join(ROOT, 'demo.sh'), 'synthetic', '--synthetic-train', '10', '--synthetic-test', '4'],
+    out = subprocess.run(['bash', os.path.join(ROOT, 'demo.sh'), 'synthetic', '--synthetic-train', '10', '--synthetic-test', '4',
+                          '--metric', 'mean_class_accuracy'],                    # scored as Toyota Smarthome is
                          env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
@@ -33,10 +34,11 @@ def test_demo_summary_names_every_output(tmp_path):
     assert 'confusion.png' in rows[7] and 'curves.png' in rows[7]
     assert os.path.isfile(tmp_path / 'data' / 'synthetic' / 'default' / 'preview' / 'grid.png')
     result = json.loads((runs / 'finetune_pretrained_joint' / 'result.json').read_text())
-    assert f"top-1 {result['top1']:.1f}  top-5 {result['top5']:.1f}" in rows[7]
+    assert f"top-1 {result['top1']:.1f}  top-5 {result['top5']:.1f}  mean class {result['mean_class_accuracy']:.1f}" in rows[7]
     fused = json.loads((runs / 'ensemble.json').read_text())['fused']
-    assert f"top-1 {fused['top1']:.1f}" in rows[10]
-    assert rows[11].startswith('chance level: 16.7% (6 classes)')
+    assert f"top-1 {fused['top1']:.1f}  top-5 {fused['top5']:.1f}  mean class {fused['mean_class_accuracy']:.1f}" in rows[10]
+    assert 'mean class' not in rows[1]                                   # pretraining: its loss only
+    assert rows[11].startswith('chance level: 16.7% (6 classes)') and 'scored by the mean class accuracy' in rows[11]
     top1 = {run: json.loads((runs / run / 'result.json').read_text())['top1']
             for run in ('probe_pretrained_joint', 'finetune_scratch_joint', 'finetune_pretrained_joint')}
     ordered = top1['finetune_pretrained_joint'] > max(top1['probe_pretrained_joint'], top1['finetune_scratch_joint'])

@@ -436,6 +436,7 @@ def test_ucla_reader(tmp_path):
     assert w > 3 * 16 and h > 2 * 16                       # 3 streams x 2 samples, enlarged, captioned (test_pictures)
     assert len(list((d / 'preview').glob('*_joint.png'))) == 2
     assert json.loads((d / 'meta.json').read_text())['format'] == 'ucla20'
+    assert json.loads((d / 'meta.json').read_text())['metric'] == 'top1'
     names = json.loads((d / 'meta.json').read_text())['class_names']   # label 1..10 -> a01-a06, a08, a09, a11, a12
     assert len(names) == 10 and names[0] == 'pick up with one hand' and names[6] == 'donning' and names[9] == 'carry'
 
@@ -453,6 +454,7 @@ def test_toyota_reader(tmp_path):
     meta = run(['--data', 'toyota', '--root', root, '--out', tmp_path / 'out', '--size', 16, '--modality', 'joint'])
     d = tmp_path / 'out' / 'toyota' / 'xsub'
     assert meta['class_names'] == ['Cook.Cleandishes', 'Drink.Frombottle'] and meta['num_classes'] == 2
+    assert meta['metric'] == 'mean_class_accuracy'                     # Das et al. 2019; other datasets: top1
     assert (d / 'train_names.txt').read_text().split() == ['Cook.Cleandishes_p03_r00_v02_c01',
                                                           'Drink.Frombottle_p03_r00_v01_c02']
     assert (d / 'test_names.txt').read_text().split() == ['Cook.Cleandishes_p02_r00_v02_c02',

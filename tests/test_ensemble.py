@@ -35,9 +35,12 @@ def test_fused_accuracy_hand_computed(tmp_path):
     result = ensemble.main(ensemble.get_args(runs + ['--output', str(out)]))
     # streams: 2 of 4 right each (d is wrong for joint and motion; bone gets d right but a wrong)
     assert [s['top1'] for s in result['streams'].values()] == [50.0, 75.0, 50.0]
+    # mean over classes 0 (a, d), 1 (b), 2 (c) of each class's top-1: joint (50 + 100 + 0) / 3,
+    # bone (50 + 100 + 100) / 3, motion (50 + 0 + 100) / 3
+    assert [s['mean_class_accuracy'] for s in result['streams'].values()] == pytest.approx([50.0, 250 / 3, 50.0])
     # fused: a -> 0 (two votes of 5), b -> 1, c -> 2, d -> 0 (bone's 9 dominates): all right
     assert result['fused']['top1'] == 100.0
-    assert result['fused']['top5'] == 100.0
+    assert result['fused']['top5'] == 100.0 and result['fused']['mean_class_accuracy'] == 100.0
     assert json.loads(out.read_text())['fused']['top1'] == 100.0
     assert result['num_classes'] == 3                                   # for the chance level in results.py
     # weights: only the joint stream counts -> the joint accuracy

@@ -9,10 +9,10 @@ import pytest
 import results
 
 
-def write(root, cell, seed, top1, best, num_classes=10, epoch=19):
+def write(root, cell, seed, top1, best, num_classes=10, epoch=19, **scores):
     folder = root / cell / f'seed{seed}'
     folder.mkdir(parents=True)
-    result = dict(top1=top1, best_top1=best, epoch=epoch, epochs=20, settings=dict(num_classes=num_classes))
+    result = dict(top1=top1, best_top1=best, epoch=epoch, epochs=20, settings=dict(num_classes=num_classes), **scores)
     (folder / 'result.json').write_text(json.dumps(result))
 
 
@@ -27,6 +27,24 @@ def test_cells_mean_and_std_over_seeds(tmp_path):
     lines = results.table(cells).splitlines()
     assert lines[2] == '| finetune_scratch | 70.0 +- 10.0 | 3 | 60.0 70.0 80.0 | 72.3 | 20 |'  # sample std
     assert lines[3] == '| probe_random | 50.0 +- 0.0 | 1 | 50.0 | 55.0 | 20 |'
+
+
+def test_mean_class_accuracy_is_tabulated_on_request(tmp_path):
+    for seed, score in enumerate([40.0, 50.0]):
+        write(tmp_path, 'toyota_ft', seed, 70.0, 72.0, mean_class_accuracy=score)
+    fused = tmp_path / 'toyota_ensemble' / 'seed0'
+    fused.mkdir(parents=True)
+    (fused / 'result.json').write_text(json.dumps({'fused': {'top1': 90.0, 'top5': 99.0, 'mean_class_accuracy': 60.0},
+                                                   'streams': {}, 'num_classes': 20}))
+    cells = results.collect(str(tmp_path), metric='mean_class_accuracy')
+    lines = results.table(cells, 'mean_class_accuracy').splitlines()
+    assert lines[0].startswith('| cell | mean class accuracy (%) last epoch')
+    assert lines[2] == '| toyota_ensemble | 60.0 +- 0.0 | 1 | 60.0 | - | - |'
+    assert lines[3] == '| toyota_ft | 45.0 +- 7.1 | 2 | 40.0 50.0 | - | 20 |'    # no best epoch of this metric
+    write(tmp_path, 'older', 0, 70.0, 72.0)                                    # written before the metric existed
+    run = subprocess.run([sys.executable, 'tools/results.py', str(tmp_path), '--metric', 'mean_class_accuracy'],
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode != 0 and run.stderr.count('\n') == 1 and 'older/seed0/result.json: no mean_class_accuracy' in run.stderr
 
 
 def test_cells_follow_the_patterns_order_links_and_ensembles(tmp_path):

@@ -2,11 +2,12 @@
 
     python results.py results/s2i_cpu                                  # cells = folders holding seed*/result.json
     python results.py results/s2i_cpu --cells 't1_*' 't3_*' --chart results.png
+    python results.py results/toyota --metric mean_class_accuracy          # Toyota Smarthome's metric
 
 Runs write into a folder that is not committed (`results/` is in .gitignore), one folder per cell and
 one `seedN/` per seed, so a session that stops early loses nothing: this table is rebuilt from
-whatever finished. Top-1 is the last epoch's; the best epoch's mean stands beside it. A seed folder
-may also hold ensemble.py's output (named result.json): its fused top-1 is read. --chart draws one
+whatever finished. Top-1 (or --metric's value) is the last epoch's; the best epoch's top-1 mean stands
+beside it. A seed folder may also hold ensemble.py's output (named result.json): its fused score is read. --chart draws one
 bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in red), grouped by the
 cell name's prefix up to the first '_'.
 """
@@ -29,25 +30,38 @@ def get_args(argv=None):
     parser.add_argument('root', help='a folder of cells, each holding seed*/result.json')
     parser.add_argument('--cells', nargs='+', default=['*'], help='only the cells matching these patterns, in this order')
     parser.add_argument('--chart', default=None, metavar='PNG', help='also draw the cells as a bar chart')
-    parser.add_argument('--title', default='top-1 (%) per cell: mean, +- std, one dot per seed')
-    return parser.parse_args(argv)
+    parser.add_argument('--metric', default='top1', choices=['top1', 'mean_class_accuracy'],
+                        help="mean_class_accuracy: the mean of the per-class top-1 (Toyota Smarthome's metric)")
+    parser.add_argument('--title', default=None, help="the chart's title (default: names the metric)")
+    args = parser.parse_args(argv)
+    args.title = args.title or f'{METRIC_NAMES[args.metric]} (%) per cell: mean, +- std, one dot per seed'
+    return args
 
 
-def read_result(path):
-    """(last-epoch top-1, best top-1, epochs, chance %) of a probe/finetune result.json or an ensemble's;
-    None for a run that has not reached its last epoch (result.json is also written at earlier evaluations)."""
+METRIC_NAMES = {'top1': 'top-1', 'mean_class_accuracy': 'mean class accuracy'}
+
+
+def read_result(path, metric='top1'):
+    """(last-epoch value of the metric, best top-1 or None, epochs, chance %) of a probe/finetune result.json
+    or an ensemble's; None for a run that has not reached its last epoch (result.json is also written at
+    earlier evaluations)."""
     with open(path) as f:
         result = json.load(f)
+    scores = result['fused'] if 'fused' in result else result
+    if metric not in scores:
+        sys.exit(f'results.py: {path}: no {metric} (written before it was recorded: run ensemble.py again, or '
+                 'probe.py / finetune.py --eval on the run)')
     if 'fused' in result:                     # ensemble.py: no epochs, no best
-        top1 = result['fused']['top1']
-        return top1, top1, '-', 100 / result['num_classes'] if 'num_classes' in result else None
+        value = scores[metric]
+        return value, value if metric == 'top1' else None, '-', 100 / result['num_classes'] if 'num_classes' in result else None
     if result['epoch'] != result['epochs'] - 1:
         return None
     num_classes = result.get('settings', {}).get('num_classes')
-    return result['top1'], result['best_top1'], result['epochs'], 100 / num_classes if num_classes else None
+    return (result[metric], result['best_top1'] if metric == 'top1' else None, result['epochs'],
+            100 / num_classes if num_classes else None)
 
 
-def collect(root, patterns=('*',)):
+def collect(root, patterns=('*',), metric='top1'):
     """{cell: [(top1, best, epochs, chance) per seed]} for cell/seed*/result.json under root (links followed),
     cells ordered by the first pattern they match, then by name."""
     cells, unfinished = {}, []
@@ -55,7 +69,7 @@ def collect(root, patterns=('*',)):
         if 'result.json' in files and os.path.basename(folder).startswith('seed'):
             cell = os.path.relpath(os.path.dirname(folder), root)
             if any(fnmatch.fnmatch(cell, p) for p in patterns):
-                result = read_result(os.path.join(folder, 'result.json'))
+                result = read_result(os.path.join(folder, 'result.json'), metric)
                 if result is None:
                     unfinished.append(os.path.relpath(folder, root))
                 else:
@@ -71,14 +85,14 @@ def mean_std(values):
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def table(cells):
-    lines = ['| cell | top-1 (%) last epoch, mean +- std | n | per seed | best epoch top-1, mean | epochs |',
+def table(cells, metric='top1'):
+    lines = [f'| cell | {METRIC_NAMES[metric]} (%) last epoch, mean +- std | n | per seed | best epoch top-1, mean | epochs |',
              '|---|---|---|---|---|---|']
     for cell, runs in cells.items():
         mean, std = mean_std([r[0] for r in runs])
-        best, _ = mean_std([r[1] for r in runs])
+        best = f'{mean_std([r[1] for r in runs])[0]:.1f}' if None not in [r[1] for r in runs] else '-'
         seeds = ' '.join(f'{r[0]:.1f}' for r in runs)
-        lines.append(f'| {cell} | {mean:.1f} +- {std:.1f} | {len(runs)} | {seeds} | {best:.1f} | {runs[0][2]} |')
+        lines.append(f'| {cell} | {mean:.1f} +- {std:.1f} | {len(runs)} | {seeds} | {best} | {runs[0][2]} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -95,7 +109,7 @@ GROUP_TITLES = {
 }
 
 
-def draw_chart(cells, path, title):
+def draw_chart(cells, path, title, metric='top1'):
     """Horizontal bars, one row per cell, a gap and a heading between groups (the name up to '_')."""
     rows, group = [], None
     for cell, runs in cells.items():
@@ -117,7 +131,8 @@ def draw_chart(cells, path, title):
     for tick in nice_ticks(0, 100, 10):
         draw.line([x_of(tick), top, x_of(tick), bottom], fill=(225, 225, 225))
         draw.text((x_of(tick), bottom + 6), f'{tick:g}', fill='black', font=font(11), anchor='mt')
-    draw.text(((x0 + x1) / 2, bottom + 24), 'top-1 (%), last epoch', fill='black', font=font(12), anchor='mt')
+    draw.text(((x0 + x1) / 2, bottom + 24), f'{METRIC_NAMES[metric]} (%), last epoch', fill='black', font=font(12),
+              anchor='mt')
     for k, (kind, name) in enumerate(rows):
         y = top + k * pitch + pitch / 2
         if kind == 'group':
@@ -140,12 +155,12 @@ def draw_chart(cells, path, title):
 def main(args):
     if not os.path.isdir(args.root):
         sys.exit(f'results.py: {args.root}: not a folder (expected cells holding seed*/result.json)')
-    cells = collect(args.root, args.cells)
+    cells = collect(args.root, args.cells, args.metric)
     if not cells:
         sys.exit(f'results.py: {args.root}: no seed*/result.json found in cells matching {" ".join(args.cells)}')
-    print(table(cells), end='')
+    print(table(cells, args.metric), end='')
     if args.chart:
-        draw_chart(cells, args.chart, args.title)
+        draw_chart(cells, args.chart, args.title, args.metric)
     return cells
 
 
