@@ -47,6 +47,10 @@ def add_run_args(parser, stage):
                        help="encoder weights to start from: 'imagenet' (timm hub), 'none', or a checkpoint path")
     group.add_argument('--output-dir', default=None, help=f'default: runs/{stage}/{{data}}_{{protocol}}_{{modality}}_{{method}}')
     group.add_argument('--resume', default=None, help="checkpoint.pth to continue from, or 'auto' for the output dir's")
+    if stage != 'pretrain':
+        group.add_argument('--eval', action='store_true',
+                           help="score the --resume checkpoint on --data's test split without training (MAE's --eval): "
+                                'result.json, test logits, labels, names and confusion.png in the output dir')
     group.add_argument('--seed', type=int, default=0)
     group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     group.add_argument('--compile', action='store_true', help='torch.compile the model')
@@ -843,14 +847,19 @@ def per_class_accuracy(predictions, labels, num_classes):
 
 def resume_classifier(args, out_dir, model, optimizer, stage, rank, log=print):
     """--resume of probe and finetune: (the first epoch to run, the best {'top1', 'epoch'} so far);
-    rank 0's log.jsonl keeps the epochs before it."""
+    rank 0's log.jsonl keeps the epochs before it. With --eval the checkpoint is only loaded, and
+    args.epochs becomes its run's, so that result.json describes that run."""
     start_epoch, best = 0, {'top1': -1.0, 'epoch': -1}
     path = resume_path(args.resume, out_dir)
+    if args.eval and not path:
+        sys.exit(f'--eval: no checkpoint to score (--resume {args.resume}); give its path, e.g. --resume RUN/checkpoint.pth')
     if path:
         state = restore_checkpoint(path, model, optimizer, stage)
         start_epoch, best = state['epoch'] + 1, state['best']
-        log(f'resumed from {path} at epoch {start_epoch}')
-    if rank == 0:
+        log(f'scoring {path} (epoch {start_epoch - 1})' if args.eval else f'resumed from {path} at epoch {start_epoch}')
+        if args.eval:
+            args.epochs = state['args']['epochs']
+    if rank == 0 and not args.eval:
         restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)
     return start_epoch, best
 

@@ -109,7 +109,7 @@ def main(args):
     source = args.oneshot_source if oneshot else args.protocol
     meta = common.load_meta(args.data_root, args.data, source)
     mean, std = common.channel_stats(meta, args.modality, device)
-    geometry = common.skeleton_geometry([meta], args, device)    # 2D or 3D, the mirror flip
+    geometry = None if args.eval else common.skeleton_geometry([meta], args, device)   # 2D or 3D, the mirror flip
     train_path, train_labels, train_names = common.read_split(args.data_root, args.data, source, 'train', args.modality)
     test_path, test_labels, test_names = common.read_split(args.data_root, args.data, source, 'test', args.modality)
     if oneshot:
@@ -173,6 +173,25 @@ def main(args):
             loss = F.cross_entropy(outputs.float(), labels)
         return loss, len(labels) * world                                 # and the images of the global batch
 
+    def evaluate_and_write(record):
+        """The test split's scores of the model as it is now, into result.json, the logits and confusion.png."""
+        model.eval()
+        with torch.autocast(**amp):
+            outputs = common.evaluate(model, test_loader, len(test_set), device, mean, std, args)
+        settings = {'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
+                    'class_names': class_names(meta, novel if oneshot else range(num_classes))}
+        if oneshot:
+            embeddings = F.normalize(outputs, dim=1)
+            exemplar_emb, query_emb = embeddings[:num_classes], embeddings[num_classes:]
+            _, logits = one_shot_nn(query_emb, exemplar_emb, torch.arange(num_classes, device=device))
+            settings.update(novel_actions=[int(c) + 1 for c in novel], exemplars=[names[i] for i in exemplars],
+                            exemplar_source=exemplar_source)
+        else:
+            logits = outputs                                             # (N, C)
+        return common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, record, best, args, settings)
+
+    if args.eval:   # MAE's --eval: the checkpoint's scores, no training
+        return evaluate_and_write({'epoch': start_epoch - 1})
     steps_per_epoch = len(train_loader) if not oneshot else len(pair_order(train_set.labels[train_set.subset], args.seed, 0, rank, world, batch_per_rank)) // batch_per_rank
     say(f'finetune {args.data}/{args.protocol}/{args.modality} ({method}): {len(train_set)} train, '
         f'{len(test_labels)} test, {num_classes} classes, lr {lr:g}, batch {args.batch_size} ({world} x {batch_per_rank}), {out_dir}')
@@ -188,20 +207,7 @@ def main(args):
             batches = train_loader
         record = common.train_one_epoch(model, batches, step_loss, optimizer, epoch, steps_per_epoch, lr, args, device)
         if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
-            model.eval()
-            with torch.autocast(**amp):
-                outputs = common.evaluate(model, test_loader, len(test_set), device, mean, std, args)
-            settings = {'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
-                        'class_names': class_names(meta, novel if oneshot else range(num_classes))}
-            if oneshot:
-                embeddings = F.normalize(outputs, dim=1)
-                exemplar_emb, query_emb = embeddings[:num_classes], embeddings[num_classes:]
-                _, logits = one_shot_nn(query_emb, exemplar_emb, torch.arange(num_classes, device=device))
-                settings.update(novel_actions=[int(c) + 1 for c in novel], exemplars=[names[i] for i in exemplars],
-                                exemplar_source=exemplar_source)
-            else:
-                logits = outputs                                         # (N, C)
-            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, record, best, args, settings)
+            metrics = evaluate_and_write(record)
         common.end_epoch(out_dir, rank, record, model, optimizer, args, 'finetune', last_epoch, best,
                          (f'fine-tuning ({method}), {args.data}/{args.protocol}/{args.modality}', 100 / num_classes))
     common.finish(start_epoch, last_epoch, say)

@@ -72,7 +72,7 @@ def main(args):
     meta = common.load_meta(args.data_root, args.data, args.protocol)
     num_classes = meta['num_classes']
     mean, std = common.channel_stats(meta, args.modality, device)
-    geometry = None if args.cache_features else common.skeleton_geometry([meta], args, device)  # for augment
+    geometry = None if args.cache_features or args.eval else common.skeleton_geometry([meta], args, device)  # augment
     train_path, train_labels, _ = common.read_split(args.data_root, args.data, args.protocol, 'train', args.modality)
     test_path, test_labels, test_names = common.read_split(args.data_root, args.data, args.protocol, 'test', args.modality)
     train_set = common.S2IDataset([train_path], [train_labels])
@@ -105,11 +105,12 @@ def main(args):
     cache = None
     if args.cache_features:
         start = time.time()
-        cache = {'train': extract_all(extract, train_set, batch_per_rank, args, device, mean, std, 'train features'),
-                 'test': extract_all(extract, test_set, batch_per_rank, args, device, mean, std, 'test features')}
+        cache = {'test': extract_all(extract, test_set, batch_per_rank, args, device, mean, std, 'test features')}
+        if not args.eval:
+            cache['train'] = extract_all(extract, train_set, batch_per_rank, args, device, mean, std, 'train features')
         cache['train_labels'] = torch.from_numpy(train_labels).to(device)
-        say(f'cached features: train {tuple(cache["train"].shape)}, test {tuple(cache["test"].shape)} '
-            f'in {time.time() - start:.1f}s')
+        shapes = ', '.join(f'{split} {tuple(cache[split].shape)}' for split in ('train', 'test') if split in cache)
+        say(f'cached features: {shapes} in {time.time() - start:.1f}s')
         steps_per_epoch = len(train_labels) // args.batch_size or 1
     else:
         steps_per_epoch = len(train_loader)
@@ -130,6 +131,20 @@ def main(args):
             features, labels = batch
         return F.cross_entropy(head(features), labels), len(labels)
 
+    def evaluate_and_write(record):
+        """The test split's scores of the head as it is now, into result.json, the logits and confusion.png."""
+        head.eval()
+        if cache is None:
+            logits = common.evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args)
+        else:
+            with torch.no_grad():
+                logits = head(cache['test']).float()                       # (N, C)
+        return common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, record, best, args,
+                                    settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
+                                              'class_names': meta.get('class_names')})
+
+    if args.eval:   # MAE's --eval: the checkpoint's scores (with the --init encoder it was trained on), no training
+        return evaluate_and_write({'epoch': start_epoch - 1})
     say(f'probe {args.data}/{args.protocol}/{args.modality}: {len(train_labels)} train, {len(test_labels)} test, '
         f'{num_classes} classes, lr {lr:g}, batch {args.batch_size} ({world} x {batch_per_rank}), {out_dir}')
     metrics = None
@@ -142,15 +157,7 @@ def main(args):
             batches = cached_batches(cache, epoch, args.seed, args.batch_size, steps_per_epoch)
         record = common.train_one_epoch(head, batches, step_loss, optimizer, epoch, steps_per_epoch, lr, args, device)
         if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
-            head.eval()
-            if cache is None:
-                logits = common.evaluate(lambda x: head(extract(x)), test_loader, len(test_labels), device, mean, std, args)
-            else:
-                with torch.no_grad():
-                    logits = head(cache['test']).float()                   # (N, C)
-            metrics = common.write_results(out_dir, rank, logits, test_labels, test_names, num_classes, record, best, args,
-                             settings={'lr': lr, 'method': method, 'world_size': world, 'num_classes': num_classes,
-                                       'class_names': meta.get('class_names')})
+            metrics = evaluate_and_write(record)
         common.end_epoch(out_dir, rank, record, head, optimizer, args, 'probe', last_epoch, best,
                          (f'linear probe, {args.data}/{args.protocol}/{args.modality}', 100 / num_classes))
     common.finish(start_epoch, last_epoch, say)

@@ -209,6 +209,31 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, protocol):
     assert all(torch.equal(value, b[name]) for name, value in a.items())
 
 
+@pytest.mark.parametrize('protocol', ['full', 'one-shot'])
+def test_eval_scores_a_checkpoint_as_its_last_epoch(tmp_path, protocol):
+    """--eval --resume RUN/checkpoint.pth: the run's last-epoch logits and result again, bit for bit,
+    written elsewhere without training; and the same checkpoint scored on another protocol's test split."""
+    write_encoded(str(tmp_path / 'data'), num_classes=4)
+    write_encoded(str(tmp_path / 'data'), protocol='xview', num_classes=4, test_per_class=5, seed=7)
+    write_encoded(str(tmp_path / 'data'), data='ntu120', num_classes=12, train_per_class=6, test_per_class=4)
+    flags = [*PROTOCOLS[protocol], '--epochs', '2', '--save-every', '1']
+    finetune.main(make_args(tmp_path, *flags))
+    run, scored = tmp_path / 'run', tmp_path / 'scored'
+    scoring = ['--eval', '--resume', str(run / 'checkpoint.pth'), '--epochs', '100']
+    finetune.main(make_args(tmp_path, *flags, *scoring, '--output-dir', str(scored)))
+    assert np.array_equal(np.load(scored / 'test_logits.npy'), np.load(run / 'test_logits.npy'))
+    assert (scored / 'test_names.txt').read_bytes() == (run / 'test_names.txt').read_bytes()
+    ran, again = (json.loads((folder / 'result.json').read_text()) for folder in (run, scored))
+    for key in ('top1', 'top5', 'mean_class_accuracy', 'per_class', 'epoch', 'epochs'):
+        assert again[key] == ran[key], key
+    assert (scored / 'confusion.png').is_file() and len(read_log(run)) == 2
+    if protocol == 'full':                                                 # another protocol of the same classes
+        other = tmp_path / 'xview'
+        finetune.main(make_args(tmp_path, *scoring, '--protocol', 'xview', '--output-dir', str(other)))
+        assert json.loads((other / 'result.json').read_text())['protocol'] == 'xview'
+        assert np.load(other / 'test_logits.npy').shape == (20, 4)
+
+
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     """SIGKILL twice mid-epoch (a step line printed), --resume auto each time: the same logits as one run."""
     from killing import run_with_kills

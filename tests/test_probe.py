@@ -162,3 +162,30 @@ def test_bf16_autocast_and_compile_on_the_cpu(encoded, monkeypatch):
     scale = np.abs(logits['fp32']).max()
     assert scale > 0.1 and np.abs(logits['bf16'] - logits['fp32']).max() < 0.1 * scale
 
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_eval_scores_a_checkpoint_as_its_last_epoch(encoded, cache):
+    """--eval --resume RUN/checkpoint.pth: the test split scored again without training, into another
+    folder; the logits and result equal the run's last epoch bit for bit, and the run is untouched."""
+    tmp_path, encoder_path = encoded
+    flags = ('--epochs', '3', '--blr', '1.0') + (('--cache-features',) if cache else ())
+    probe.main(probe_args(tmp_path, encoder_path, *flags))
+    run, scored = tmp_path / 'run', tmp_path / 'scored'
+    log = (run / 'log.jsonl').read_text()
+    probe.main(probe.get_args(probe_argv(tmp_path, encoder_path, *flags, '--eval', '--resume', str(run / 'checkpoint.pth'),
+                                         '--epochs', '50', '--output-dir', str(scored))))
+    assert np.array_equal(np.load(scored / 'test_logits.npy'), np.load(run / 'test_logits.npy'))
+    for name in ('test_labels.npy', 'test_names.txt'):
+        assert (scored / name).read_bytes() == (run / name).read_bytes()
+    ran, again = (json.loads((folder / 'result.json').read_text()) for folder in (run, scored))
+    for key in ('top1', 'top5', 'mean_class_accuracy', 'per_class', 'best_top1', 'epoch', 'epochs'):
+        assert again[key] == ran[key], key
+    assert again['epoch'] == 2 and again['epochs'] == 3                     # the checkpoint's run, not --epochs 50
+    assert (scored / 'confusion.png').is_file() and not (scored / 'log.jsonl').exists()
+    assert (run / 'log.jsonl').read_text() == log
+
+
+def test_eval_without_a_checkpoint_is_one_line(encoded):
+    tmp_path, encoder_path = encoded
+    with pytest.raises(SystemExit, match='--eval: no checkpoint to score'):
+        probe.main(probe_args(tmp_path, encoder_path, '--eval'))
