@@ -49,6 +49,10 @@ def get_args(argv=None):
     group.add_argument('--decoder-heads', type=int, default=16, help='decoder attention heads (MAE)')
     group.add_argument('--norm-pix-loss', action='store_true',
                        help='MAE only: per-patch normalised target (MAE\'s option; eq. 1 is plain MSE)')
+    group.add_argument('--init-decoder', action='store_true',
+                       help="MAE only: start the decoder from --init's too, an official MAE checkpoint that has one "
+                            "(mae_pretrain_vit_base_full.pth: 8 x 512, 16 heads, trained on normalised pixels); "
+                            'default: a new decoder')
 
     group = parser.add_argument_group('diffusion (DiffMAE, A.1, A.2)')
     group.add_argument('--decoder', default='cross', choices=['cross', 'cross-self'],
@@ -83,6 +87,9 @@ def get_args(argv=None):
         args.epochs = 1600 if args.method == 'diffmae' else 800   # Table 11 / Table 10
     if args.norm_pix_loss and args.method != 'mae':
         parser.error('--norm-pix-loss applies to --method mae only')
+    if args.init_decoder and (args.method != 'mae' or args.init in ('imagenet', 'none')):
+        parser.error('--init-decoder: needs --method mae and --init PATH of an MAE checkpoint with its decoder '
+                     "(timm's ImageNet weights hold the encoder only)")
     common.check_args(args)
     if not 0 < args.mask_ratio < 1:
         sys.exit(f'--mask-ratio {args.mask_ratio}: expected a fraction strictly between 0 and 1 (the paper: 0.75)')
@@ -440,6 +447,25 @@ def init_encoder(encoder, init, model, log=print):
         encoder.pos_embed.copy_(common.sincos_pos_embed(encoder.embed_dim, grid, cls_token=True))
 
 
+def init_decoder(model, path, log=print):
+    """--init-decoder: MAE's decoder from an official full checkpoint (models_mae.py key names, which
+    ours share); decoder_pos_embed stays this grid's fixed sin-cos, as the encoder's (A.1)."""
+    state = common.read_torch_file(path, '--init')
+    state = {k.removeprefix('module.'): v for k, v in state.get('model', state).items()}
+    wanted = {k: v for k, v in model.state_dict().items()
+              if k.startswith(('decoder', 'mask_token')) and k != 'decoder_pos_embed'}
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        sys.exit(f"--init-decoder: {path} holds no MAE decoder ({len(missing)} of {len(wanted)} tensors missing, "
+                 f"first '{missing[0]}'); expected an MAE checkpoint with its decoder, e.g. mae_pretrain_vit_base_full.pth")
+    for name, value in wanted.items():
+        if state[name].shape != value.shape:
+            sys.exit(f"--init-decoder: {path}: '{name}' has shape {tuple(state[name].shape)} but this decoder's is "
+                     f'{tuple(value.shape)} (--decoder-depth/-dim/-heads; the official decoder is 8 x 512)')
+    model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+    log(f'{path}: loaded {len(wanted)} decoder tensors')
+
+
 def save_encoder(path, encoder, meta):
     """encoder.pth: the encoder alone, timm key names, loadable with strict=True (num_classes=0)."""
     state = {k: v.detach().cpu() for k, v in common.unwrap(encoder).state_dict().items()
@@ -564,6 +590,8 @@ def main(args):
     ckpt_path = common.resume_path(args.resume, out_dir)
     if ckpt_path is None:                                    # a resumed run takes its weights from the checkpoint
         init_encoder(model.encoder, args.init, args.model, log=log)
+        if args.init_decoder:
+            init_decoder(model, args.init, log=log)
     model.to(device)
     log(f'{args.method} on {args.model}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.1f}M '
         f'trained parameters, {num_masked(args.mask, model.grid, args.mask_ratio)}/{model.grid ** 2} patches masked ({args.mask})')

@@ -321,6 +321,42 @@ def test_official_mae_checkpoint_loads(tmp_path, full):
     assert torch.equal(loaded['pos_embed'], common.sincos_pos_embed(32, SIZE // 16, cls_token=True))
 
 
+def test_init_decoder_loads_an_official_full_checkpoints_decoder(tmp_path, capsys):
+    """--init-decoder: every decoder tensor of a models_mae.py-layout checkpoint (encoder keys bare, decoder
+    beside them, decoder_pos_embed of ImageNet's 14 x 14 grid) lands in our MAE, except the fixed position
+    embedding, which stays this grid's sin-cos; an encoder-only file, another decoder shape and DiffMAE are refused."""
+    decoder = ['--decoder-dim', '16', '--decoder-depth', '1', '--decoder-heads', '2']
+    args = pretrain.get_args(['--model', 'vit_test', '--method', 'mae', *decoder])
+    torch.manual_seed(3)
+    source = pretrain.build_model(args, 224)
+    official = {k.removeprefix('encoder.'): torch.randn_like(v) for k, v in source.state_dict().items()}
+    path = str(tmp_path / 'mae_pretrain_vit_test_full.pth')
+    torch.save({'model': official}, path)
+    assert official['decoder_pos_embed'].shape == (1, 197, 16)
+    model = pretrain.build_model(args, SIZE)
+    before = model.state_dict()
+    pretrain.init_decoder(model, path)
+    loaded = model.state_dict()
+    names = [k for k in loaded if k.startswith(('decoder', 'mask_token')) and k != 'decoder_pos_embed']
+    assert len(names) == 19 and 'decoder_blocks.0.attn.qkv.weight' in names   # mask token 1, embed 2, block 12, norm 2, pred 2
+    assert all(torch.equal(loaded[k], official[k]) for k in names)
+    assert torch.equal(loaded['decoder_pos_embed'], before['decoder_pos_embed'])       # fixed sin-cos of 4 x 4
+    assert all(torch.equal(loaded[k], before[k]) for k in loaded if k.startswith('encoder.'))   # --init's job
+    assert 'loaded 19 decoder tensors' in capsys.readouterr().out
+    torch.save({'model': {k: v for k, v in official.items() if not k.startswith(('decoder', 'mask'))}}, path)
+    with pytest.raises(SystemExit, match='holds no MAE decoder'):
+        pretrain.init_decoder(model, path)
+    torch.save({'model': official}, path)
+    wider = pretrain.build_model(pretrain.get_args(['--model', 'vit_test', '--method', 'mae', '--decoder-dim', '32',
+                                                    '--decoder-depth', '1', '--decoder-heads', '2']), SIZE)
+    with pytest.raises(SystemExit, match=r"'mask_token' has shape \(1, 1, 16\) but this decoder's is \(1, 1, 32\)"):
+        pretrain.init_decoder(wider, path)
+    for method, init in (('diffmae', path), ('mae', 'imagenet')):
+        with pytest.raises(SystemExit):
+            pretrain.get_args(['--method', method, '--init', init, '--init-decoder'])
+    assert 'needs --method mae' in capsys.readouterr().err
+
+
 def test_wrong_architecture_is_a_clear_error(data):
     path = str(data / 'vit_wide.pth')
     wide = VisionTransformer(img_size=SIZE, patch_size=16, embed_dim=48, depth=2, num_heads=2, num_classes=0)
