@@ -78,6 +78,8 @@ def get_args(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size is None:                                         # Table 12: 128, 32 for NW-UCLA
         args.batch_size = 32 if args.data == 'ucla' else 128
+    if args.eval and args.init is None:   # the weights come from the --resume checkpoint
+        args.init = 'none'
     if args.init is None:
         sys.exit('finetune.py needs --init: the pretrain run\'s encoder.pth '
                  '(e.g. runs/pretrain/ntu60_xsub_joint_diffmae/encoder.pth), an MAE checkpoint, imagenet, '

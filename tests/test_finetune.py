@@ -229,7 +229,8 @@ def test_eval_scores_a_checkpoint_as_its_last_epoch(tmp_path, protocol):
     assert (scored / 'confusion.png').is_file() and len(read_log(run)) == 2
     if protocol == 'full':                                                 # another protocol of the same classes
         other = tmp_path / 'xview'
-        finetune.main(make_args(tmp_path, *scoring, '--protocol', 'xview', '--output-dir', str(other)))
+        finetune.main(finetune.get_args(stage_args(tmp_path / 'data', '--batch-size', '16', *scoring, '--protocol', 'xview',
+                                                   '--output-dir', str(other))))          # no --init: the checkpoint's
         assert json.loads((other / 'result.json').read_text())['protocol'] == 'xview'
         assert np.load(other / 'test_logits.npy').shape == (20, 4)
 
