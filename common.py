@@ -812,9 +812,12 @@ def finish(start_epoch, last_epoch, log=print):
 
 
 def main_guard(main, get_args):
-    """The scripts' entry point: an OS error (disk full, permissions) ends in one line naming the file."""
+    """The scripts' entry point: an OS error (disk full, permissions) ends in one line naming the file.
+    Under torchrun the process group is torn down after a barrier at the end, so that no rank closes its
+    sockets while a peer may still be reading from them."""
     try:
         main(get_args())
+        cleanup_distributed()
     except OSError as error:
         sys.exit(f'{error.filename or sys.argv[0]}: {(error.strerror or str(error)).lower()}')
 
