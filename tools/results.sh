@@ -155,6 +155,8 @@ flip() {  # the skeleton flip (A.2): a true mirror (x negated, left/right joints
   local s=$1
   run $R/flip_ft_scratch_mirror/seed$s python finetune.py $U $UFT --flip mirror --init none --seed $s
   run $R/flip_ft_scratch_xonly/seed$s python finetune.py $U $UFT --flip x-only --init none --seed $s
+  run $R/flip_msr_ft_scratch_mirror/seed$s python finetune.py $M $MFT --flip mirror --init none --seed $s
+  run $R/flip_msr_ft_scratch_xonly/seed$s python finetune.py $M $MFT --flip x-only --init none --seed $s
 }
 
 groups=(t1 t2 t3 t6 t8 t9 ablations longer noise flip)
