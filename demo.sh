@@ -24,7 +24,8 @@ data=${DEMO_DATA:-data}
 if [[ $dataset == synthetic ]]; then          # seconds per stage: a tiny model on 360 train sequences
   runs=${DEMO_RUNS:-runs/demo}
   # Its classes are sided (wave right arm / wave left arm, kick right leg): a true mirror (--flip mirror,
-  # the default) would turn a sample into the other class or one that does not exist; x-only keeps limbs in their columns.
+  # the default) would turn a sample into the other class or one that does not exist; x-only keeps
+  # each limb in its columns.
   model="--model vit_test"
   flip="--flip x-only"
   pretrain="--epochs 30 --batch-size 64 --blr 1.5e-3 --warmup-epochs 3 --decoder-depth 2 --decoder-dim 64 --decoder-heads 4"
@@ -110,8 +111,9 @@ widths = [max(len(r[i]) for r in rows + [('stage', 'result (%)', 'time', 'output
 print()
 for row in [('stage', 'result (%)', 'time', 'outputs')] + rows:
     print('  '.join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + '  ' + row[3])
-print(f"chance level: {chance:.1f}% ({meta['num_classes']} classes); top-1 is the last epoch's"
-      + ("; this protocol is scored by the mean class accuracy" if by_class else '') + f"; total {total // 60} min {total % 60} s")
+scored = '; this protocol is scored by the mean class accuracy' if by_class else ''
+print(f"chance level: {chance:.1f}% ({meta['num_classes']} classes); top-1 is the last epoch's{scored}; "
+      f"total {total // 60} min {total % 60} s")
 tuned, probe, scratch = top1['fine-tune pretrained joint'], top1['linear probe, pretrained'], top1['fine-tune from scratch']
 if tuned > probe and tuned > scratch:
     print(f'as in the paper, fine-tuning after pretraining ({tuned:.1f}) beats the linear probe ({probe:.1f}) '

@@ -229,8 +229,8 @@ def encode_sequence(bodies, fmt, modalities=MODALITIES, size=224, two_person='in
 def load_formats(joints_file=None):
     """All formats of joints.yaml, validated, with index arrays added: order (joint indices in S2I
     order), parent (per joint), centre_idx, partner (per joint, from flip_pairs) and mirror (each image
-    column's partner column, written to meta.json for the flip; None without flip_pairs). A joints_file (--joints) adds its formats to
-    joints.yaml's and replaces those of the same name."""
+    column's partner column, written to meta.json for the flip; None without flip_pairs). A
+    joints_file (--joints) adds its formats to joints.yaml's and replaces those of the same name."""
     formats, paths = {}, [JOINTS_FILE]
     if joints_file and Path(joints_file).resolve() != JOINTS_FILE:
         paths.append(Path(joints_file))
@@ -1703,8 +1703,9 @@ def encode(args):
     elapsed = time.time() - t0
     metric = args.metric or ('mean_class_accuracy' if 'toyota' in (args.data, args.name) else 'top1')
     meta = dict(dataset=args.name or args.data, source=args.data, input=source, format=fmt['name'],
-                protocol=args.protocol, metric=metric, num_classes=num_classes, class_names=args.class_names, size=args.size,
-                modalities=modalities, channels=fmt['channels'], mirror=fmt['mirror'], counts=counts, mean=mean, std=std,
+                protocol=args.protocol, metric=metric, num_classes=num_classes, class_names=args.class_names,
+                size=args.size, modalities=modalities, channels=fmt['channels'], mirror=fmt['mirror'], counts=counts,
+                mean=mean, std=std,
                 skipped=skipped, warnings=warnings, two_person=args.two_person, motion=args.motion,
                 rescale=rescale, ntu_bodies=args.ntu_bodies if args.data in ('ntu60', 'ntu120') else None,
                 denoising_removed=removed if args.data in ('ntu60', 'ntu120') else None,

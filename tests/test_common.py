@@ -92,7 +92,8 @@ def test_mirror_flip_picks_each_datasets_matrix_and_refuses_without_pairs():
         common.skeleton_geometry([dict(metas[0], mirror=None)], args, 'cpu')
     with pytest.raises(SystemExit, match='fewer columns than its 25 joints'):
         common.skeleton_geometry([dict(metas[0], size=16)], args, 'cpu')
-    assert common.skeleton_geometry([dict(metas[0], mirror=None)], augment_args(flip='x-only', flip_prob=1.0), 'cpu')['mirrors'] is None
+    x_only = augment_args(flip='x-only', flip_prob=1.0)
+    assert common.skeleton_geometry([dict(metas[0], mirror=None)], x_only, 'cpu')['mirrors'] is None
 
 
 def test_skeleton_rotation_acts_on_channels_of_every_pixel():
