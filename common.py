@@ -453,10 +453,10 @@ def prepare_batch(batch, device, mean, std, modality, args, geometry=None, train
     labels = labels.to(device, non_blocking=True)
     positions = positions.to(device, non_blocking=True)
     if train:
-        mirror = mirrors = geometry['mirrors']                                   # (D, S, S) or None
-        if mirrors is not None:                                                 # each sample's dataset's
-            mirror = mirrors[0] if len(mirrors) == 1 else \
-                mirrors[torch.bucketize(positions, geometry['starts'], right=True) - 1][:, None]
+        mirror = geometry['mirrors']                                             # (D, S, S) or None
+        if mirror is not None:                                                  # each sample's dataset's
+            mirror = mirror[0] if len(mirror) == 1 else \
+                mirror[torch.bucketize(positions, geometry['starts'], right=True) - 1][:, None]
         images = augment(images, modality, args, geometry['planar'], mirror)
     return (images - mean) / std, labels, positions
 
@@ -861,6 +861,10 @@ def resume_classifier(args, out_dir, model, optimizer, stage, rank, log=print):
         start_epoch, best = state['epoch'] + 1, state['best']
         log(f'scoring {path} (epoch {start_epoch - 1})' if args.eval else f'resumed from {path} at epoch {start_epoch}')
         if args.eval:
+            trained_on = state['args'].get('data')
+            if trained_on != args.data:    # the same class count would be scored against another dataset's labels
+                sys.exit(f'--eval: {path} was trained on --data {trained_on}; its classes are that dataset\'s, so it '
+                         f'is scored on one of its protocols, not on --data {args.data}')
             args.epochs = state['args']['epochs']
     if rank == 0 and not args.eval:
         restart_log(os.path.join(out_dir, 'log.jsonl'), start_epoch)

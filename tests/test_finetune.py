@@ -233,6 +233,10 @@ def test_eval_scores_a_checkpoint_as_its_last_epoch(tmp_path, protocol):
                                                    '--output-dir', str(other))))          # no --init: the checkpoint's
         assert json.loads((other / 'result.json').read_text())['protocol'] == 'xview'
         assert np.load(other / 'test_logits.npy').shape == (20, 4)
+        write_encoded(str(tmp_path / 'data'), data='other', num_classes=4, seed=9)      # 4 classes too, but others
+        with pytest.raises(SystemExit, match='was trained on --data synthetic'):
+            finetune.main(finetune.get_args(stage_args(tmp_path / 'data', '--batch-size', '16', *scoring, '--data', 'other',
+                                                       '--output-dir', str(tmp_path / 'elsewhere'))))
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):

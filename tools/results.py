@@ -7,9 +7,9 @@
 Runs write into a folder that is not committed (`results/` is in .gitignore), one folder per cell and
 one `seedN/` per seed, so a session that stops early loses nothing: this table is rebuilt from
 whatever finished. Top-1 (or --metric's value) is the last epoch's; the best epoch's top-1 mean stands
-beside it. A seed folder may also hold ensemble.py's output (named result.json): its fused score is read. --chart draws one
-bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in red), grouped by the
-cell name's prefix up to the first '_'.
+beside it. A seed folder may also hold ensemble.py's output (named result.json): its fused score is
+read. --chart draws one bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in
+red), grouped by the cell name's prefix up to the first '_'.
 """
 import argparse
 import fnmatch
