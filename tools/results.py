@@ -106,6 +106,7 @@ GROUP_TITLES = {
     't9': 'Table 9: universal pretraining on both datasets',
     'ab': 'ablations: the readings the paper leaves open (NW-UCLA)',
     'in': 'investigation: 100 pretraining epochs (e100), DiffMAE rho 0.6 (NW-UCLA)',
+    'flip': 'the skeleton flip: true mirror vs x negated alone, fine-tuning from scratch (msr: MSR Action3D)',
 }
 
 
