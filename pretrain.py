@@ -65,6 +65,16 @@ def get_args(argv=None):
     group.add_argument('--beta-start', type=float, default=1e-4, help='linear schedule (A.2)')
     group.add_argument('--beta-end', type=float, default=0.02, help='linear schedule (A.2)')
     group.add_argument('--rho', type=float, default=1.0, help='each beta_t becomes beta_t ** rho (A.2)')
+    group.add_argument('--min-timestep', type=int, default=0,
+                       help='draw t uniformly from [this, T) instead of [0, T): e.g. T/2 keeps only the noisier '
+                            'half, where the noisy patch alone says little and the decoder must read the encoder')
+    group.add_argument('--loss-weight', default='none', choices=['none', 'min-snr'],
+                       help="'min-snr': each sample's x0 loss weighted by min(SNR_t, 5) (Hang et al. 2023), "
+                            'which shrinks the nearly clean timesteps; default: eq. 2 unweighted')
+    group.add_argument('--tap-norm', default='shared', choices=['shared', 'own'],
+                       help="how the decoder reads the encoder blocks it taps below the last: 'shared': through "
+                            "the encoder's final LayerNorm (A.1's, the one fine-tuning reads); 'own': through a "
+                            'LayerNorm of the decoder per tapped block')
 
     group = parser.add_argument_group('optimisation (Tables 10, 11)')
     group.add_argument('--blr', type=float, default=1.5e-4, help='base lr: lr = blr * global batch / 256 (Table 10)')
@@ -87,10 +97,16 @@ def get_args(argv=None):
         args.epochs = 1600 if args.method == 'diffmae' else 800   # Table 11 / Table 10
     if args.norm_pix_loss and args.method != 'mae':
         parser.error('--norm-pix-loss applies to --method mae only')
+    changed = [flag for flag, value, default in [('--min-timestep', args.min_timestep, 0), ('--loss-weight', args.loss_weight, 'none'),
+                                                 ('--tap-norm', args.tap_norm, 'shared')] if value != default]
+    if changed and args.method != 'diffmae':
+        parser.error(f'{changed[0]} applies to --method diffmae only')
     if args.init_decoder and (args.method != 'mae' or args.init in ('imagenet', 'none')):
         parser.error('--init-decoder: needs --method mae and --init PATH of an MAE checkpoint with its decoder '
                      "(timm's ImageNet weights hold the encoder only)")
     common.check_args(args)
+    if not 0 <= args.min_timestep < args.timesteps:
+        sys.exit(f'--min-timestep {args.min_timestep}: expected 0 <= it < --timesteps ({args.timesteps})')
     if not 0 < args.mask_ratio < 1:
         sys.exit(f'--mask-ratio {args.mask_ratio}: expected a fraction strictly between 0 and 1 (the paper: 0.75)')
     return args
@@ -201,6 +217,12 @@ def diffusion_schedule(timesteps, beta_start, beta_end, rho):
     return betas, torch.cumprod(1 - betas, dim=0)
 
 
+def min_snr_weight(alpha_bar, gamma=5.0):
+    """Min-SNR-gamma loss weight of an x0-predicting model (Hang et al. 2023): min(SNR_t, gamma), with
+    SNR_t = alpha_bar_t / (1 - alpha_bar_t)."""
+    return (alpha_bar / (1 - alpha_bar)).clamp(max=gamma)
+
+
 def timestep_embedding(t, dim, max_period=10000):
     """Sinusoidal embedding of integer timesteps (N,) -> (N, dim), as in DDPM / ADM."""
     half = dim // 2
@@ -215,11 +237,13 @@ def timestep_embedding(t, dim, max_period=10000):
 # timm's; every other parameter's name starts with 'decoder' or 'mask_token' (dropped by
 # common.encoder_state_dict when the checkpoint is used as --init).
 
-def encode_visible(encoder, images, ids_keep, blocks=(-1,)):
+def encode_visible(encoder, images, ids_keep, blocks=(-1,), norms=None):
     """ViT on the visible patches only, with MAE's class (dummy) token: (N, 3, H, W) -> the outputs of
     the encoder `blocks` asked for, each (N, 1 + Lv, D) after the encoder's LayerNorm (DiffMAE's
-    "LayerNorm appended to the encoder output", A.1), in a dict by block index (-1: the last).
+    "LayerNorm appended to the encoder output", A.1) or the one `norms` gives that block, in a dict by
+    block index (-1: the last).
     """
+    norms = norms or {}
     x = encoder.patch_embed(images) + encoder.pos_embed[:, 1:]                 # (N, L, D)
     x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))     # (N, Lv, D)
     cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
@@ -229,7 +253,7 @@ def encode_visible(encoder, images, ids_keep, blocks=(-1,)):
         x = block(x)
         for wanted in blocks:
             if wanted % depth == index:
-                outputs[wanted] = encoder.norm(x)
+                outputs[wanted] = norms.get(wanted, encoder.norm)(x)
     return outputs
 
 
@@ -363,10 +387,14 @@ class DiffMAE(nn.Module):
     on the encoded visible patches predicts their clean pixels x0 (eq. 2)."""
 
     def __init__(self, encoder, grid, decoder_dim=512, decoder_depth=8, decoder_heads=16, decoder='cross',
-                 timesteps=1000, beta_start=1e-4, beta_end=0.02, rho=1.0, cross_features='top-down'):
+                 timesteps=1000, beta_start=1e-4, beta_end=0.02, rho=1.0, cross_features='top-down',
+                 tap_norm='shared', loss_weight='none'):
         super().__init__()
-        self.encoder, self.grid = encoder, grid
+        self.encoder, self.grid, self.loss_weight = encoder, grid, loss_weight
         self.sources = cross_sources(len(encoder.blocks), decoder_depth, cross_features)
+        below_last = sorted(set(self.sources) - {len(encoder.blocks) - 1})
+        self.decoder_tap_norms = nn.ModuleDict(
+            {str(index): LayerNorm(encoder.embed_dim) for index in below_last} if tap_norm == 'own' else {})
         self.patch = encoder.patch_embed.patch_size[0]
         pixels = self.patch ** 2 * 3
         _, alphas_bar = diffusion_schedule(timesteps, beta_start, beta_end, rho)
@@ -388,7 +416,8 @@ class DiffMAE(nn.Module):
     def context(self, images, ids_keep):
         """For each decoder block, its encoder block's tokens projected to the decoder width (one
         projection for all, A.1), with decoder positions: a list of (N, 1 + Lv, Dd)."""
-        features = encode_visible(self.encoder, images, ids_keep, blocks=sorted(set(self.sources)))
+        norms = {int(index): norm for index, norm in self.decoder_tap_norms.items()}
+        features = encode_visible(self.encoder, images, ids_keep, blocks=sorted(set(self.sources)), norms=norms)
         pos = gather_tokens(self.decoder_pos_embed.expand(images.shape[0], -1, -1),
                             F.pad(ids_keep + 1, (1, 0)))                          # class token at 0
         projected = {index: self.decoder_clean_embed(x) + pos for index, x in features.items()}
@@ -409,7 +438,9 @@ class DiffMAE(nn.Module):
         alpha_bar = self.alphas_bar[t][:, None, None]
         noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise             # x_t
         pred = self.denoise(self.context(images, ids_keep), noisy, t, ids_masked)
-        return F.mse_loss(pred.float(), x0)
+        if self.loss_weight == 'none':
+            return F.mse_loss(pred.float(), x0)
+        return (min_snr_weight(self.alphas_bar[t]) * (pred.float() - x0).pow(2).mean(dim=(1, 2))).mean()
 
     @torch.no_grad()
     def reconstruct(self, images, ids_keep, ids_masked, steps=50):
@@ -436,7 +467,8 @@ def build_model(args, size):
     if args.method == 'mae':
         return MAE(encoder, grid, args.decoder_dim, args.decoder_depth, args.decoder_heads, args.norm_pix_loss)
     return DiffMAE(encoder, grid, args.decoder_dim, args.decoder_depth, args.decoder_heads, args.decoder,
-                   args.timesteps, args.beta_start, args.beta_end, args.rho, args.cross_features)
+                   args.timesteps, args.beta_start, args.beta_end, args.rho, args.cross_features,
+                   args.tap_norm, args.loss_weight)
 
 
 def init_encoder(encoder, init, model, log=print):
@@ -491,7 +523,7 @@ def masked_batch(batch, seed, args, model, norm, rank, world, device):
         ids_keep, ids_masked = split_ids(mask, num_masked(args.mask, model.grid, args.mask_ratio))
         t = noise = None
         if args.method == 'diffmae':
-            t = torch.randint(0, args.timesteps, (total,), device=device)[rows]
+            t = torch.randint(args.min_timestep, args.timesteps, (total,), device=device)[rows]
             noise = torch.randn((total,) + ids_masked.shape[1:] + (model.patch ** 2 * 3,), device=device)[rows]
     return images, ids_keep, ids_masked, t, noise
 
