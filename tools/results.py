@@ -3,11 +3,14 @@
     python results.py results/s2i_cpu                                  # cells = folders holding seed*/result.json
     python results.py results/s2i_cpu --cells 't1_*' 't3_*' --chart results.png
     python results.py results/toyota --metric mean_class_accuracy          # Toyota Smarthome's metric
+    python results.py results/s2i_cpu --signature --cells 'i23_pt_*'       # encoder_stats.py's snapshots
 
 Runs write into a folder that is not committed (`results/` is in .gitignore), one folder per cell and
 one `seedN/` per seed, so a session that stops early loses nothing: this table is rebuilt from
 whatever finished. Top-1 (or --metric's value) is the last epoch's; the best epoch's top-1 mean stands
-beside it. A seed folder may also hold ensemble.py's output (named result.json): its fused score is
+beside it, and the training loss of the last epoch (log.jsonl) after it. --signature tabulates instead
+the stats_eE.json files results.sh writes beside a pretraining run's encoder snapshots (the effective
+ranks and residual norms of tools/encoder_stats.py, E = 0 for the random encoder). A seed folder may also hold ensemble.py's output (named result.json): its fused score is
 read. --chart draws one bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in
 red), grouped by the cell name's prefix up to the first '_'.
 """
@@ -33,6 +36,8 @@ def get_args(argv=None):
     parser.add_argument('--metric', default='top1', choices=['top1', 'mean_class_accuracy'],
                         help="mean_class_accuracy: the mean of the per-class top-1 (Toyota Smarthome's metric)")
     parser.add_argument('--title', default=None, help="the chart's title (default: names the metric)")
+    parser.add_argument('--signature', action='store_true',
+                        help='tabulate the encoder statistics (seed*/stats_eE.json) of pretraining cells instead')
     args = parser.parse_args(argv)
     args.title = args.title or f'{METRIC_NAMES[args.metric]} (%) per cell: mean, +- std, one dot per seed'
     return args
@@ -41,10 +46,20 @@ def get_args(argv=None):
 METRIC_NAMES = {'top1': 'top-1', 'mean_class_accuracy': 'mean class accuracy'}
 
 
+def last_train_loss(folder):
+    """The training loss of the last epoch in folder/log.jsonl, or None (an ensemble has no log)."""
+    path = os.path.join(folder, 'log.jsonl')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        lines = f.read().splitlines()
+    return json.loads(lines[-1])['loss'] if lines else None
+
+
 def read_result(path, metric='top1'):
-    """(last-epoch value of the metric, best top-1 or None, epochs, chance %) of a probe/finetune result.json
-    or an ensemble's; None for a run that has not reached its last epoch (result.json is also written at
-    earlier evaluations)."""
+    """(last-epoch value of the metric, best top-1 or None, epochs, chance %, last training loss or None) of
+    a probe/finetune result.json or an ensemble's; None for a run that has not reached its last epoch
+    (result.json is also written at earlier evaluations)."""
     with open(path) as f:
         result = json.load(f)
     scores = result['fused'] if 'fused' in result else result
@@ -53,12 +68,13 @@ def read_result(path, metric='top1'):
                  'probe.py / finetune.py --eval on the run)')
     if 'fused' in result:                     # ensemble.py: no epochs, no best
         value = scores[metric]
-        return value, value if metric == 'top1' else None, '-', 100 / result['num_classes'] if 'num_classes' in result else None
+        return (value, value if metric == 'top1' else None, '-',
+                100 / result['num_classes'] if 'num_classes' in result else None, None)
     if result['epoch'] != result['epochs'] - 1:
         return None
     num_classes = result.get('settings', {}).get('num_classes')
     return (result[metric], result['best_top1'] if metric == 'top1' else None, result['epochs'],
-            100 / num_classes if num_classes else None)
+            100 / num_classes if num_classes else None, last_train_loss(os.path.dirname(path)))
 
 
 def collect(root, patterns=('*',), metric='top1'):
@@ -86,13 +102,14 @@ def mean_std(values):
 
 
 def table(cells, metric='top1'):
-    lines = [f'| cell | {METRIC_NAMES[metric]} (%) last epoch, mean +- std | n | per seed | best epoch top-1, mean | epochs |',
-             '|---|---|---|---|---|---|']
+    lines = [f'| cell | {METRIC_NAMES[metric]} (%) last epoch, mean +- std | n | per seed | best epoch top-1, mean | epochs '
+             '| train loss, last epoch |', '|---|---|---|---|---|---|---|']
     for cell, runs in cells.items():
         mean, std = mean_std([r[0] for r in runs])
         best = f'{mean_std([r[1] for r in runs])[0]:.1f}' if None not in [r[1] for r in runs] else '-'
+        loss = '{:.3f} +- {:.3f}'.format(*mean_std([r[4] for r in runs])) if None not in [r[4] for r in runs] else '-'
         seeds = ' '.join(f'{r[0]:.1f}' for r in runs)
-        lines.append(f'| {cell} | {mean:.1f} +- {std:.1f} | {len(runs)} | {seeds} | {best} | {runs[0][2]} |')
+        lines.append(f'| {cell} | {mean:.1f} +- {std:.1f} | {len(runs)} | {seeds} | {best} | {runs[0][2]} | {loss} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -153,9 +170,42 @@ def draw_chart(cells, path, title, metric='top1'):
     save_png(image, path)
 
 
+def signature_table(root, patterns=('*',)):
+    """Mean +- std over seeds of each pretraining cell's encoder statistics at each snapshot epoch, then
+    the residual norm after every block (means over seeds)."""
+    stats = {}                                         # (cell, epoch) -> [stats per seed]
+    for folder, _, files in sorted(os.walk(root, followlinks=True)):
+        cell = os.path.relpath(os.path.dirname(folder), root)
+        if not os.path.basename(folder).startswith('seed') or not any(fnmatch.fnmatch(cell, p) for p in patterns):
+            continue
+        for name in files:
+            if name.startswith('stats_e') and name.endswith('.json'):
+                with open(os.path.join(folder, name)) as f:
+                    stats.setdefault((cell, int(name[7:-5])), []).append(json.load(f))
+    if not stats:
+        sys.exit(f'results.py: {root}: no seed*/stats_e*.json found in cells matching {" ".join(patterns)}')
+    rank = lambda key: (next(k for k, p in enumerate(patterns) if fnmatch.fnmatch(key[0], p)), key)
+    keys = sorted(stats, key=rank)
+    lines = ['| cell | epoch | n | class-token rank | mean-patch rank | residual norm, last block |', '|---|---|---|---|---|---|']
+    for cell, epoch in keys:
+        runs = stats[cell, epoch]
+        cols = [mean_std([run[k] for run in runs]) for k in ('rank_cls', 'rank_mean_patch')]
+        cols.append(mean_std([run['residual_norm_per_block'][-1] for run in runs]))
+        lines.append(f'| {cell} | {epoch} | {len(runs)} | ' + ' | '.join(f'{m:.1f} +- {s:.1f}' for m, s in cols) + ' |')
+    depth = len(stats[keys[0]][0]['residual_norm_per_block'])
+    lines += ['', '| cell | epoch | ' + ' | '.join(f'block {b + 1}' for b in range(depth)) + ' |', '|---|---|' + '---|' * depth]
+    for cell, epoch in keys:
+        norms = [statistics.fmean(block) for block in zip(*(run['residual_norm_per_block'] for run in stats[cell, epoch]))]
+        lines.append(f'| {cell} | {epoch} | ' + ' | '.join(f'{n:.1f}' for n in norms) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def main(args):
     if not os.path.isdir(args.root):
         sys.exit(f'results.py: {args.root}: not a folder (expected cells holding seed*/result.json)')
+    if args.signature:
+        print(signature_table(args.root, args.cells), end='')
+        return None
     cells = collect(args.root, args.cells, args.metric)
     if not cells:
         sys.exit(f'results.py: {args.root}: no seed*/result.json found in cells matching {" ".join(args.cells)}')
