@@ -179,9 +179,11 @@ snapshots() {
     "$@" --epochs $epochs --stop-after $stop --output-dir "$out" --resume auto >> "$out/run.log" 2>&1 \
       || { echo "failed: $out (see $out/run.log)"; return 1; }
     cp "$out/encoder.pth" "$out/encoder_e$stop.pth"
-    python tools/encoder_stats.py "$out/encoder_e$stop.pth" $data --model vit_tiny_patch16 > "$out/stats_e$stop.json"
+    python tools/encoder_stats.py "$out/encoder_e$stop.pth" $data --model vit_tiny_patch16 > "$out/stats.tmp"
+    mv "$out/stats.tmp" "$out/stats_e$stop.json"
   done
-  python tools/encoder_stats.py none $data --model vit_tiny_patch16 --seed $seed > "$out/stats_e0.json"
+  python tools/encoder_stats.py none $data --model vit_tiny_patch16 --seed $seed > "$out/stats.tmp"
+  mv "$out/stats.tmp" "$out/stats_e0.json"
   touch "$out/finished"
   echo "$(date +%T) $out $((SECONDS - start)) s"
 }
