@@ -207,7 +207,8 @@ signature_msr() {  # 1 on MSR Action3D: the preset's 150 epochs (600 steps)
 }
 
 mae_start() {  # 2: DiffMAE for the second half of the run, started from MAE's encoder at its half (this set's or the other's)
-  local s=$1 umae=$R/i23_pt_mae/seed$s/encoder_e50.pth mmae=$R/i23_msr_pt_mae/seed$s/encoder_e75.pth
+  local s=$1
+  local umae=$R/i23_pt_mae/seed$s/encoder_e50.pth mmae=$R/i23_msr_pt_mae/seed$s/encoder_e75.pth
   run $R/i23_ft_mae_half/seed$s python finetune.py $U $UFT23 --init $umae --seed $s
   run $R/i23_pt_diffmae_from_mae/seed$s python pretrain.py $U $D23 --epochs 50 --warmup-epochs 5 --init $umae --seed $s
   run $R/i23_ft_diffmae_from_mae/seed$s python finetune.py $U $UFT23 --init $R/i23_pt_diffmae_from_mae/seed$s/encoder.pth --seed $s
@@ -219,7 +220,8 @@ mae_start() {  # 2: DiffMAE for the second half of the run, started from MAE's e
 }
 
 causes() {  # 3: one change to DiffMAE's objective at a time (NW-UCLA, the preset's 50 epochs), and layer decay 1.0
-  local s=$1 P="python pretrain.py $U $D23 --epochs 50 --warmup-epochs 5 --seed $s"
+  local s=$1
+  local P="python pretrain.py $U $D23 --epochs 50 --warmup-epochs 5 --seed $s"
   local -A flags=([diffmae]="" [noisier]="--min-timestep 500" [minsnr]="--loss-weight min-snr" [tapnorm]="--tap-norm own")
   for cell in diffmae noisier minsnr tapnorm; do
     run $R/i23_pt50_$cell/seed$s $P ${flags[$cell]}
