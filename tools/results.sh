@@ -225,6 +225,9 @@ causes() {  # 3: one change to DiffMAE's objective at a time (NW-UCLA, the prese
   local -A flags=([diffmae]="" [noisier]="--min-timestep 500" [minsnr]="--loss-weight min-snr" [tapnorm]="--tap-norm own")
   for cell in diffmae noisier minsnr tapnorm; do
     run $R/i23_pt50_$cell/seed$s $P ${flags[$cell]}
+    [[ -f $R/i23_pt50_$cell/seed$s/stats_e50.json ]] || {
+      python tools/encoder_stats.py $R/i23_pt50_$cell/seed$s/encoder.pth $U --model vit_tiny_patch16 > $R/i23_pt50_$cell/seed$s/stats.tmp
+      mv $R/i23_pt50_$cell/seed$s/stats.tmp $R/i23_pt50_$cell/seed$s/stats_e50.json; }
     run $R/i23_ft50_$cell/seed$s python finetune.py $U $UFT23 --init $R/i23_pt50_$cell/seed$s/encoder.pth --seed $s
   done
   run $R/i23_ft50_diffmae_ld1/seed$s python finetune.py $U $UFT23 --layer-decay 1.0 --init $R/i23_pt50_diffmae/seed$s/encoder.pth --seed $s
