@@ -301,10 +301,17 @@ class MAE(nn.Module):
                 module.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
+    def context(self, images, ids_keep):
+        """The encoded visible patches at the decoder width (N, 1 + Lv, Dd)."""
+        return self.decoder_embed(encode_visible(self.encoder, images, ids_keep)[-1])
+
     def predict(self, images, ids_keep, ids_masked):
         """Predicted patches (N, Lm, p*p*3) of the masked positions."""
-        latent = self.decoder_embed(encode_visible(self.encoder, images, ids_keep)[-1])   # (N, 1 + Lv, Dd)
-        n, length = images.shape[0], self.grid ** 2
+        return self.decode(self.context(images, ids_keep), ids_keep, ids_masked)
+
+    def decode(self, latent, ids_keep, ids_masked):
+        """The decoder on the encoder tokens `latent` (N, 1 + Lv, Dd) -> the masked patches (N, Lm, p*p*3)."""
+        n, length = latent.shape[0], self.grid ** 2
         tokens = self.mask_token.to(latent.dtype).expand(n, length, -1)             # (N, L, Dd); bf16 under autocast
         tokens = torch.scatter(tokens, 1, ids_keep[..., None].expand(-1, -1, latent.shape[-1]), latent[:, 1:])
         x = torch.cat([latent[:, :1], tokens], dim=1) + self.decoder_pos_embed       # (N, 1 + L, Dd)
