@@ -99,5 +99,13 @@ def test_signature_table_over_seeds_and_epochs(tmp_path):
     lines = results.signature_table(str(tmp_path)).splitlines()
     assert lines[2] == '| pt_mae | 0 | 2 | 12.0 +- 2.8 | 1.0 +- 0.0 | 4.0 +- 1.4 |'
     assert lines[3] == '| pt_mae | 25 | 2 | 24.0 +- 5.7 | 1.0 +- 0.0 | 8.0 +- 2.8 |'
-    assert lines[5:] == ['| cell | epoch | block 1 | block 2 |', '|---|---|---|---|',
-                         '| pt_mae | 0 | 1.0 | 4.0 |', '| pt_mae | 25 | 1.0 | 8.0 |']
+    assert lines[5:9] == ['| cell | epoch | block 1 | block 2 |', '|---|---|---|---|',
+                          '| pt_mae | 0 | 1.0 | 4.0 |', '| pt_mae | 25 | 1.0 | 8.0 |']
+    assert len(lines) == 9                                                  # no reliance.json: no third table
+    for seed, own in enumerate([0.2, 0.4]):
+        rows = [{'t': 0, 'own': own, 'other': 0.5, 'encoder_share': 1 - own / 0.5}, {'t': 999, 'own': 0.5, 'other': 0.5,
+                                                                                    'encoder_share': 0.0}]
+        (tmp_path / 'pt_mae' / f'seed{seed}' / 'reliance.json').write_text(json.dumps({'rows': rows}))
+    lines = results.signature_table(str(tmp_path)).splitlines()
+    assert lines[-2:] == ['| pt_mae | 0 | 2 | 0.300 +- 0.141 | 0.500 +- 0.000 | 0.400 +- 0.283 |',
+                          '| pt_mae | 999 | 2 | 0.500 +- 0.000 | 0.500 +- 0.000 | 0.000 +- 0.000 |']

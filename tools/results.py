@@ -10,7 +10,8 @@ one `seedN/` per seed, so a session that stops early loses nothing: this table i
 whatever finished. Top-1 (or --metric's value) is the last epoch's; the best epoch's top-1 mean stands
 beside it, and the training loss of the last epoch (log.jsonl) after it. --signature tabulates instead
 the stats_eE.json files results.sh writes beside a pretraining run's encoder snapshots (the effective
-ranks and residual norms of tools/encoder_stats.py, E = 0 for the random encoder). A seed folder may also hold ensemble.py's output (named result.json): its fused score is
+ranks and residual norms of tools/encoder_stats.py, E = 0 for the random encoder) and the
+reliance.json of its last checkpoint (tools/decoder_reliance.py). A seed folder may also hold ensemble.py's output (named result.json): its fused score is
 read. --chart draws one bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in
 red), grouped by the cell name's prefix up to the first '_'.
 """
@@ -173,7 +174,7 @@ def draw_chart(cells, path, title, metric='top1'):
 def signature_table(root, patterns=('*',)):
     """Mean +- std over seeds of each pretraining cell's encoder statistics at each snapshot epoch, then
     the residual norm after every block (means over seeds)."""
-    stats = {}                                         # (cell, epoch) -> [stats per seed]
+    stats, reliance = {}, {}                           # (cell, epoch) -> [stats per seed]; cell -> [rows per seed]
     for folder, _, files in sorted(os.walk(root, followlinks=True)):
         cell = os.path.relpath(os.path.dirname(folder), root)
         if not os.path.basename(folder).startswith('seed') or not any(fnmatch.fnmatch(cell, p) for p in patterns):
@@ -182,6 +183,9 @@ def signature_table(root, patterns=('*',)):
             if name.startswith('stats_e') and name.endswith('.json'):
                 with open(os.path.join(folder, name)) as f:
                     stats.setdefault((cell, int(name[7:-5])), []).append(json.load(f))
+        if 'reliance.json' in files:
+            with open(os.path.join(folder, 'reliance.json')) as f:
+                reliance.setdefault(cell, []).append(json.load(f)['rows'])
     if not stats:
         sys.exit(f'results.py: {root}: no seed*/stats_e*.json found in cells matching {" ".join(patterns)}')
     rank = lambda key: (next(k for k, p in enumerate(patterns) if fnmatch.fnmatch(key[0], p)), key)
@@ -197,6 +201,14 @@ def signature_table(root, patterns=('*',)):
     for cell, epoch in keys:
         norms = [statistics.fmean(block) for block in zip(*(run['residual_norm_per_block'] for run in stats[cell, epoch]))]
         lines.append(f'| {cell} | {epoch} | ' + ' | '.join(f'{n:.1f}' for n in norms) + ' |')
+    if reliance:
+        lines += ['', '| cell | t | n | loss, own encoder tokens | loss, another image\'s | encoder share of the error |',
+                  '|---|---|---|---|---|---|']
+    for cell in sorted(reliance, key=lambda cell: rank((cell, 0))):
+        for rows in zip(*reliance[cell]):                 # the same timestep in every seed
+            cols = [mean_std([row[k] for row in rows]) for k in ('own', 'other', 'encoder_share')]
+            t = '-' if rows[0]['t'] is None else rows[0]['t']
+            lines.append(f'| {cell} | {t} | {len(rows)} | ' + ' | '.join(f'{m:.3f} +- {s:.3f}' for m, s in cols) + ' |')
     return '\n'.join(lines) + '\n'
 
 

@@ -234,12 +234,21 @@ causes() {  # 3: one change to DiffMAE's objective at a time (NW-UCLA, the prese
   run $R/i23_ft_scratch_ld1/seed$s python finetune.py $U $UFT23 --layer-decay 1.0 --init none --seed $s
 }
 
+reliance() {  # how much each finished pretraining decoder needs its encoder (tools/decoder_reliance.py), seconds each
+  local s=$1 folder
+  for folder in $R/i23_*pt*/seed$s; do
+    [[ -f $folder/finished && ! -f $folder/reliance.json ]] || continue
+    python tools/decoder_reliance.py $folder/checkpoint.pth --data-root $DATA > $folder/reliance.tmp
+    mv $folder/reliance.tmp $folder/reliance.json
+  done
+}
+
 groups=(t1 t2 t3 t6 t8 t9 ablations longer noise flip)
-i23_groups=(signature_ucla signature_msr mae_start causes)
+i23_groups=(signature_ucla signature_msr mae_start causes reliance)
 case ${1:-} in
   encode) encode ;;
   all) for s in 0 1 2; do for g in "${groups[@]}"; do $g $s; done; done ;;
-  preset|t1|t2|t3|t6|t8|t9|ablations|longer|noise|flip|signature_ucla|signature_msr|mae_start|causes)
+  preset|t1|t2|t3|t6|t8|t9|ablations|longer|noise|flip|signature_ucla|signature_msr|mae_start|causes|reliance)
     $1 "${2:?give a seed: bash tools/results.sh $1 0}" ;;
   *) echo "results.sh: expected encode, all, or one of preset ${groups[*]} ${i23_groups[*]} and a seed (got '${1:-}')" >&2; exit 2 ;;
 esac
