@@ -206,7 +206,7 @@ signature_msr() {  # 1 on MSR Action3D: the preset's 150 epochs (600 steps)
   run $R/i23_msr_ft_diffmae/seed$s python finetune.py $M $MFT23 --init $R/i23_msr_pt_diffmae/seed$s/encoder_e150.pth --seed $s
 }
 
-mae_start() {  # 2: DiffMAE for the second half of the run, started from MAE's encoder at its half (this set's or the other's)
+mae_start() {  # 2: DiffMAE for the second half of NW-UCLA's run, from MAE's encoder at its half (this set's or MSR Action3D's)
   local s=$1
   local umae=$R/i23_pt_mae/seed$s/encoder_e50.pth mmae=$R/i23_msr_pt_mae/seed$s/encoder_e75.pth
   run $R/i23_ft_mae_half/seed$s python finetune.py $U $UFT23 --init $umae --seed $s
@@ -214,6 +214,11 @@ mae_start() {  # 2: DiffMAE for the second half of the run, started from MAE's e
   run $R/i23_ft_diffmae_from_mae/seed$s python finetune.py $U $UFT23 --init $R/i23_pt_diffmae_from_mae/seed$s/encoder.pth --seed $s
   run $R/i23_pt_diffmae_from_msr_mae/seed$s python pretrain.py $U $D23 --epochs 50 --warmup-epochs 5 --init $mmae --seed $s
   run $R/i23_ft_diffmae_from_msr_mae/seed$s python finetune.py $U $UFT23 --init $R/i23_pt_diffmae_from_msr_mae/seed$s/encoder.pth --seed $s
+}
+
+mae_start_msr() {  # 2 on MSR Action3D: DiffMAE for the second half, from MSR's own MAE encoder at its half
+  local s=$1
+  local mmae=$R/i23_msr_pt_mae/seed$s/encoder_e75.pth
   run $R/i23_msr_ft_mae_half/seed$s python finetune.py $M $MFT23 --init $mmae --seed $s
   run $R/i23_msr_pt_diffmae_from_mae/seed$s python pretrain.py $M $D23 --epochs 75 --warmup-epochs 8 --init $mmae --seed $s
   run $R/i23_msr_ft_diffmae_from_mae/seed$s python finetune.py $M $MFT23 --init $R/i23_msr_pt_diffmae_from_mae/seed$s/encoder.pth --seed $s
@@ -244,11 +249,11 @@ reliance() {  # how much each finished pretraining decoder needs its encoder (to
 }
 
 groups=(t1 t2 t3 t6 t8 t9 ablations longer noise flip)
-i23_groups=(signature_ucla signature_msr mae_start causes reliance)
+i23_groups=(signature_ucla signature_msr mae_start mae_start_msr causes reliance)
 case ${1:-} in
   encode) encode ;;
   all) for s in 0 1 2; do for g in "${groups[@]}"; do $g $s; done; done ;;
-  preset|t1|t2|t3|t6|t8|t9|ablations|longer|noise|flip|signature_ucla|signature_msr|mae_start|causes|reliance)
+  preset|t1|t2|t3|t6|t8|t9|ablations|longer|noise|flip|signature_ucla|signature_msr|mae_start|mae_start_msr|causes|reliance)
     $1 "${2:?give a seed: bash tools/results.sh $1 0}" ;;
   *) echo "results.sh: expected encode, all, or one of preset ${groups[*]} ${i23_groups[*]} and a seed (got '${1:-}')" >&2; exit 2 ;;
 esac
