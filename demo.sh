@@ -58,7 +58,8 @@ stage() {  # stage NAME RUN_DIR COMMAND...: run it, keep its output in RUN_DIR/s
 start=$SECONDS
 stage encode "$runs/encode" python encode.py --data "$dataset" "${encode_args[@]}" --out "$data" --size 64 --modality all \
   --workers 2 --preview 10
-meta=$(ls -t "$data"/*/*/meta.json | head -n 1)          # the output encode.py just finished (meta.json is last)
+meta=$(ls -t "$data"/*/*/meta.json)            # newest first: the output encode.py just finished (meta.json is last)
+meta=${meta%%$'\n'*}                            # its first line (`| head -n 1` kills a long ls by SIGPIPE under pipefail)
 read -r name protocol < <(python -c "import json, sys; m = json.load(open(sys.argv[1])); print(m['dataset'], m['protocol'])" "$meta")
 common="--data $name --protocol $protocol --data-root $data --num-workers 1 --print-every 0 $flip"
 

@@ -10,6 +10,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_summary_names_every_output(tmp_path):
+    for i in range(3000):    # other datasets already encoded there: the summary still reads the one just written
+        (tmp_path / 'data' / f'other{i}' / 'xsub').mkdir(parents=True)
+        (tmp_path / 'data' / f'other{i}' / 'xsub' / 'meta.json').write_text('{}')
     env = dict(os.environ, DEMO_DATA=str(tmp_path / 'data'), DEMO_RUNS=str(tmp_path / 'runs'), OMP_NUM_THREADS='1',
                DEMO_PRETRAIN='--epochs 1 --batch-size 30 --warmup-epochs 0 --decoder-depth 1 --decoder-dim 32 --decoder-heads 2',
                DEMO_PROBE='--epochs 2 --warmup-epochs 0', DEMO_FINETUNE='--epochs 1 --warmup-epochs 0 --batch-size 30')
