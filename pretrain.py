@@ -74,7 +74,7 @@ def get_args(argv=None):
     group.add_argument('--tap-norm', default='shared', choices=['shared', 'own'],
                        help="how the decoder reads the encoder blocks it taps below the last: 'shared': through "
                             "the encoder's final LayerNorm (A.1's, the one fine-tuning reads); 'own': through a "
-                            'LayerNorm of the decoder per tapped block')
+                            'LayerNorm of the decoder per tapped block (none with --cross-features last)')
 
     group = parser.add_argument_group('optimisation (Tables 10, 11)')
     group.add_argument('--blr', type=float, default=1.5e-4, help='base lr: lr = blr * global batch / 256 (Table 10)')
@@ -97,8 +97,9 @@ def get_args(argv=None):
         args.epochs = 1600 if args.method == 'diffmae' else 800   # Table 11 / Table 10
     if args.norm_pix_loss and args.method != 'mae':
         parser.error('--norm-pix-loss applies to --method mae only')
-    changed = [flag for flag, value, default in [('--min-timestep', args.min_timestep, 0), ('--loss-weight', args.loss_weight, 'none'),
-                                                 ('--tap-norm', args.tap_norm, 'shared')] if value != default]
+    diffmae_only = [('--min-timestep', args.min_timestep, 0), ('--loss-weight', args.loss_weight, 'none'),
+                    ('--tap-norm', args.tap_norm, 'shared')]
+    changed = [flag for flag, value, default in diffmae_only if value != default]
     if changed and args.method != 'diffmae':
         parser.error(f'{changed[0]} applies to --method diffmae only')
     if args.init_decoder and (args.method != 'mae' or args.init in ('imagenet', 'none')):
