@@ -188,23 +188,21 @@ snapshots() {
   echo "$(date +%T) $out $((SECONDS - start)) s"
 }
 
-signature_ucla() {  # 1: random, MAE and DiffMAE encoders over 100 pretraining epochs, and fine-tuned from each
-  local s=$1
-  snapshots $R/i23_pt_mae/seed$s 100 $s "$U" python pretrain.py $U $D23 --warmup-epochs 10 --method mae --seed $s
-  snapshots $R/i23_pt_diffmae/seed$s 100 $s "$U" python pretrain.py $U $D23 --warmup-epochs 10 --seed $s
-  run $R/i23_ft_scratch/seed$s python finetune.py $U $UFT23 --init none --seed $s
-  run $R/i23_ft_mae/seed$s python finetune.py $U $UFT23 --init $R/i23_pt_mae/seed$s/encoder_e100.pth --seed $s
-  run $R/i23_ft_diffmae/seed$s python finetune.py $U $UFT23 --init $R/i23_pt_diffmae/seed$s/encoder_e100.pth --seed $s
+# signature PREFIX DATA FINETUNE EPOCHS SEED: MAE and DiffMAE pretraining (snapshots, 10% warmup), then
+# fine-tuning from scratch and from each
+signature() {
+  local prefix=$1 data=$2 ft=$3 epochs=$4 s=$5 method
+  for method in mae diffmae; do
+    snapshots $R/${prefix}pt_$method/seed$s $epochs $s "$data" \
+      python pretrain.py $data $D23 --warmup-epochs $((epochs / 10)) --method $method --seed $s
+  done
+  run $R/${prefix}ft_scratch/seed$s python finetune.py $data $ft --init none --seed $s
+  for method in mae diffmae; do
+    run $R/${prefix}ft_$method/seed$s python finetune.py $data $ft --init $R/${prefix}pt_$method/seed$s/encoder_e$epochs.pth --seed $s
+  done
 }
-
-signature_msr() {  # 1 on MSR Action3D: the preset's 150 epochs (600 steps)
-  local s=$1
-  snapshots $R/i23_msr_pt_mae/seed$s 150 $s "$M" python pretrain.py $M $D23 --warmup-epochs 15 --method mae --seed $s
-  snapshots $R/i23_msr_pt_diffmae/seed$s 150 $s "$M" python pretrain.py $M $D23 --warmup-epochs 15 --seed $s
-  run $R/i23_msr_ft_scratch/seed$s python finetune.py $M $MFT23 --init none --seed $s
-  run $R/i23_msr_ft_mae/seed$s python finetune.py $M $MFT23 --init $R/i23_msr_pt_mae/seed$s/encoder_e150.pth --seed $s
-  run $R/i23_msr_ft_diffmae/seed$s python finetune.py $M $MFT23 --init $R/i23_msr_pt_diffmae/seed$s/encoder_e150.pth --seed $s
-}
+signature_ucla() { signature i23_ "$U" "$UFT23" 100 $1; }   # 1: NW-UCLA, 100 epochs (1500 steps)
+signature_msr() { signature i23_msr_ "$M" "$MFT23" 150 $1; }  # 1: MSR Action3D, the preset's 150 epochs (600 steps)
 
 mae_start() {  # 2: DiffMAE for the second half of NW-UCLA's run, from MAE's encoder at its half (this set's or MSR Action3D's)
   local s=$1
