@@ -82,3 +82,11 @@ def test_a_finetune_checkpoint_is_one_line(tmp_path):
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode != 0 and run.stderr.strip().count('\n') == 0 and 'expected a pretraining' in run.stderr
     assert run.stdout == ''
+
+
+def test_data_encoded_at_another_size_is_one_line(tmp_path):
+    _, path = checkpoint(tmp_path)                                              # pretrained at 32 x 32
+    write_encoded(str(tmp_path / 'other'), num_classes=4, size=64)
+    run = subprocess.run([sys.executable, 'tools/decoder_reliance.py', path, '--data-root', str(tmp_path / 'other')],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode != 0 and run.stderr.strip().count('\n') == 0 and 'encoded at 64 x 64' in run.stderr

@@ -109,3 +109,7 @@ def test_signature_table_over_seeds_and_epochs(tmp_path):
     lines = results.signature_table(str(tmp_path)).splitlines()
     assert lines[-2:] == ['| pt_mae | 0 | 2 | 0.300 +- 0.141 | 0.500 +- 0.000 | 0.400 +- 0.283 |',
                           '| pt_mae | 999 | 2 | 0.500 +- 0.000 | 0.500 +- 0.000 | 0.000 +- 0.000 |']
+    rows[1]['t'] = 900                                      # one seed measured at other timesteps: refused
+    (tmp_path / 'pt_mae' / 'seed1' / 'reliance.json').write_text(json.dumps({'rows': rows}))
+    with pytest.raises(SystemExit, match='different timesteps'):
+        results.signature_table(str(tmp_path))

@@ -15,11 +15,11 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the stages, beside tools/
 import common  # noqa: E402
+import encoder_stats  # noqa: E402
 import pretrain  # noqa: E402
 
 
@@ -70,12 +70,13 @@ def main(args):
     run = pretrain.get_args(['--data', saved['data'], '--model', saved['model']])    # defaults of newer flags
     vars(run).update(saved)
     data, protocol = run.data.split(',')[0], run.protocol.split(',')[0]
-    meta = common.load_meta(args.data_root, data, protocol)
-    path, labels, _ = common.read_split(args.data_root, data, protocol, 'train', run.modality)
-    shown = np.linspace(0, len(labels) - 1, min(args.samples, len(labels))).round().astype(np.int64)
-    images = common.S2IDataset([path], [labels]).__getitems__(shown.tolist())[0].float()     # (N, 3, S, S)
-    mean, std = common.channel_stats(meta, run.modality, torch.device('cpu'))
+    meta, images = encoder_stats.train_images(args.data_root, data, protocol, run.modality, args.samples)
     model = pretrain.build_model(run, meta['size'])
+    trained = state['model']['encoder.pos_embed'].shape
+    if trained != model.encoder.pos_embed.shape:
+        sys.exit(f'decoder_reliance.py: {args.checkpoint} was pretrained on {trained[1] - 1} patches per image, '
+                 f'but {args.data_root}/{data}/{protocol} is encoded at {meta["size"]} x {meta["size"]}: '
+                 'give the --data-root it used')
     model.load_state_dict(state['model'])
     model.eval()
     torch.manual_seed(args.seed)
@@ -85,8 +86,8 @@ def main(args):
     timesteps = [int(t) for t in args.timesteps.split(',')]
     if run.method == 'diffmae' and not all(0 <= t < run.timesteps for t in timesteps):
         sys.exit(f'--timesteps {args.timesteps}: expected timesteps in [0, {run.timesteps})')
-    measured = reliance(model, (images - mean) / std, ids_keep, ids_masked, timesteps, args.seed)
-    result = {'checkpoint': args.checkpoint, 'method': run.method, 'epoch': state['epoch'], 'samples': len(shown),
+    measured = reliance(model, images, ids_keep, ids_masked, timesteps, args.seed)
+    result = {'checkpoint': args.checkpoint, 'method': run.method, 'epoch': state['epoch'], 'samples': len(images),
               'rows': [{'t': t, 'own': own, 'other': other, 'encoder_share': share} for t, own, other, share in measured]}
     print(json.dumps(result))
     return result

@@ -61,18 +61,25 @@ def signature(encoder, images):
             'residual_norm_per_block': norms}
 
 
+def train_images(data_root, data, protocol, modality, samples):
+    """meta.json and `samples` train images (N, 3, S, S) spread evenly over the split, normalised as the
+    training stages do (no augmentation)."""
+    meta = common.load_meta(data_root, data, protocol)
+    path, labels, _ = common.read_split(data_root, data, protocol, 'train', modality)
+    shown = np.linspace(0, len(labels) - 1, min(samples, len(labels))).round().astype(np.int64)
+    images = common.S2IDataset([path], [labels]).__getitems__(shown.tolist())[0].float()     # (N, 3, S, S)
+    mean, std = common.channel_stats(meta, modality, torch.device('cpu'))
+    return meta, (images - mean) / std
+
+
 def main(args):
     args.protocol = common.resolve_protocol(args.data_root, args.data, args.protocol)
-    meta = common.load_meta(args.data_root, args.data, args.protocol)
-    path, labels, _ = common.read_split(args.data_root, args.data, args.protocol, 'train', args.modality)
-    shown = np.linspace(0, len(labels) - 1, min(args.samples, len(labels))).round().astype(np.int64)
-    images = common.S2IDataset([path], [labels]).__getitems__(shown.tolist())[0].float()     # (N, 3, S, S)
-    mean, std = common.channel_stats(meta, args.modality, torch.device('cpu'))
+    meta, images = train_images(args.data_root, args.data, args.protocol, args.modality, args.samples)
     torch.manual_seed(args.seed)
     encoder = common.build_encoder(args.model, img_size=meta['size'])
     common.load_encoder_weights(encoder, args.init, args.model, log=lambda *a: None)
-    result = {'init': args.init, 'data': f'{args.data}/{args.protocol}/{args.modality}', 'samples': len(shown),
-              **signature(encoder.eval(), (images - mean) / std)}
+    result = {'init': args.init, 'data': f'{args.data}/{args.protocol}/{args.modality}', 'samples': len(images),
+              **signature(encoder.eval(), images)}
     print(json.dumps(result))
     return result
 

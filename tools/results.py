@@ -8,11 +8,11 @@
 Runs write into a folder that is not committed (`results/` is in .gitignore), one folder per cell and
 one `seedN/` per seed, so a session that stops early loses nothing: this table is rebuilt from
 whatever finished. Top-1 (or --metric's value) is the last epoch's; the best epoch's top-1 mean stands
-beside it, and the training loss of the last epoch (log.jsonl) after it. --signature tabulates instead
-the stats_eE.json files results.sh writes beside a pretraining run's encoder snapshots (the effective
+beside it, and the training loss of the last epoch (log.jsonl) after it. A seed folder may also hold
+ensemble.py's output (named result.json): its fused score is read. --signature tabulates instead the
+stats_eE.json files results.sh writes beside a pretraining run's encoder snapshots (the effective
 ranks and residual norms of tools/encoder_stats.py, E = 0 for the random encoder) and the
-reliance.json of its last checkpoint (tools/decoder_reliance.py). A seed folder may also hold ensemble.py's output (named result.json): its fused score is
-read. --chart draws one bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in
+reliance.json of its last checkpoint (tools/decoder_reliance.py). --chart draws one bar per cell (mean, +- std whisker, a dot per seed, the cell's chance level in
 red), grouped by the cell name's prefix up to the first '_'.
 """
 import argparse
@@ -205,6 +205,9 @@ def signature_table(root, patterns=('*',)):
         lines += ['', '| cell | t | n | loss, own encoder tokens | loss, another image\'s | encoder share of the error |',
                   '|---|---|---|---|---|---|']
     for cell in sorted(reliance, key=lambda cell: rank((cell, 0))):
+        if len({tuple(row['t'] for row in rows) for rows in reliance[cell]}) > 1:
+            sys.exit(f'results.py: {root}/{cell}: its seeds measured reliance at different timesteps; '
+                     'run tools/decoder_reliance.py on them with the same --timesteps')
         for rows in zip(*reliance[cell]):                 # the same timestep in every seed
             cols = [mean_std([row[k] for row in rows]) for k in ('own', 'other', 'encoder_share')]
             t = '-' if rows[0]['t'] is None else rows[0]['t']

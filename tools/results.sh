@@ -168,6 +168,12 @@ F23="--model vit_tiny_patch16 --num-workers 1"
 UFT23="$F23 --epochs 20 --warmup-epochs 3"
 MFT23="$F23 --epochs 50 --warmup-epochs 5 --batch-size 32"
 
+# json_to FILE CMD...: CMD's output into FILE, renamed into place only when complete
+json_to() {
+  local file=$1; shift
+  "$@" > "$file.tmp" && mv "$file.tmp" "$file"
+}
+
 # snapshots OUT EPOCHS SEED DATA CMD...: one pretraining run stopped at EPOCHS/4 and EPOCHS/2 (same schedule)
 snapshots() {
   local out=$1 epochs=$2 seed=$3 data=$4; shift 4
@@ -179,11 +185,9 @@ snapshots() {
     "$@" --epochs $epochs --stop-after $stop --output-dir "$out" --resume auto >> "$out/run.log" 2>&1 \
       || { echo "failed: $out (see $out/run.log)"; return 1; }
     cp "$out/encoder.pth" "$out/encoder_e$stop.pth"
-    python tools/encoder_stats.py "$out/encoder_e$stop.pth" $data --model vit_tiny_patch16 > "$out/stats.tmp"
-    mv "$out/stats.tmp" "$out/stats_e$stop.json"
+    json_to "$out/stats_e$stop.json" python tools/encoder_stats.py "$out/encoder_e$stop.pth" $data --model vit_tiny_patch16
   done
-  python tools/encoder_stats.py none $data --model vit_tiny_patch16 --seed $seed > "$out/stats.tmp"
-  mv "$out/stats.tmp" "$out/stats_e0.json"
+  json_to "$out/stats_e0.json" python tools/encoder_stats.py none $data --model vit_tiny_patch16 --seed $seed
   touch "$out/finished"
   echo "$(date +%T) $out $((SECONDS - start)) s"
 }
@@ -228,9 +232,8 @@ causes() {  # 3: one change to DiffMAE's objective at a time (NW-UCLA, the prese
   local -A flags=([diffmae]="" [noisier]="--min-timestep 500" [minsnr]="--loss-weight min-snr" [tapnorm]="--tap-norm own")
   for cell in diffmae noisier minsnr tapnorm; do
     run $R/i23_pt50_$cell/seed$s $P ${flags[$cell]}
-    [[ -f $R/i23_pt50_$cell/seed$s/stats_e50.json ]] || {
-      python tools/encoder_stats.py $R/i23_pt50_$cell/seed$s/encoder.pth $U --model vit_tiny_patch16 > $R/i23_pt50_$cell/seed$s/stats.tmp
-      mv $R/i23_pt50_$cell/seed$s/stats.tmp $R/i23_pt50_$cell/seed$s/stats_e50.json; }
+    [[ -f $R/i23_pt50_$cell/seed$s/stats_e50.json ]] || json_to $R/i23_pt50_$cell/seed$s/stats_e50.json \
+      python tools/encoder_stats.py $R/i23_pt50_$cell/seed$s/encoder.pth $U --model vit_tiny_patch16
     run $R/i23_ft50_$cell/seed$s python finetune.py $U $UFT23 --init $R/i23_pt50_$cell/seed$s/encoder.pth --seed $s
   done
   run $R/i23_ft50_diffmae_ld1/seed$s python finetune.py $U $UFT23 --layer-decay 1.0 --init $R/i23_pt50_diffmae/seed$s/encoder.pth --seed $s
@@ -241,8 +244,7 @@ reliance() {  # how much each finished pretraining decoder needs its encoder (to
   local s=$1 folder
   for folder in $R/i23_*pt*/seed$s; do
     [[ -f $folder/finished && ! -f $folder/reliance.json ]] || continue
-    python tools/decoder_reliance.py $folder/checkpoint.pth --data-root $DATA > $folder/reliance.tmp
-    mv $folder/reliance.tmp $folder/reliance.json
+    json_to $folder/reliance.json python tools/decoder_reliance.py $folder/checkpoint.pth --data-root $DATA
   done
 }
 
